@@ -1,0 +1,159 @@
+"""Validation of a claimed bundle: its tree, its manifest and the files the manifest lists.
+
+Parsing decides (pure functions over bytes and values); the ``check_*`` functions read
+the bundle. Every problem is a :class:`BundleRejected` with a fixed reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from service.errors import BundleRejected
+
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+MAX_MANIFEST_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str | None = None
+    files: dict[str, FileSpec] = field(default_factory=dict)
+
+
+def is_valid_version(value: object) -> bool:
+    return isinstance(value, str) and VERSION_RE.match(value) is not None
+
+
+def safe_relative_path(raw: str) -> PurePosixPath:
+    """The path of a manifest entry, or unsafe_path for absolute and ``..`` paths."""
+    path = PurePosixPath(raw)
+    if not raw or "\x00" in raw or path.is_absolute() or ".." in path.parts:
+        raise BundleRejected("unsafe_path", f"manifest lists an unsafe path: {raw!r}")
+    return path
+
+
+def _parse_file_spec(name: str, spec: object) -> FileSpec:
+    if not isinstance(spec, dict):
+        raise BundleRejected("manifest_invalid", f"files[{name!r}] is not an object")
+    sha = spec.get("sha256")
+    if not isinstance(sha, str) or not SHA256_RE.match(sha):
+        raise BundleRejected("manifest_invalid", f"files[{name!r}].sha256 is not 64 lowercase hex")
+    size = spec.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise BundleRejected("manifest_invalid", f"files[{name!r}].size is not a byte count")
+    return FileSpec(sha, size)
+
+
+def _load_json(data: bytes) -> object:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleRejected("manifest_invalid", f"manifest is larger than {MAX_MANIFEST_BYTES} B")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BundleRejected("manifest_invalid", f"manifest is not valid JSON: {exc}") from None
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Decide whether manifest bytes are acceptable (SPEC section 3)."""
+    raw = _load_json(data)
+    if not isinstance(raw, dict):
+        raise BundleRejected("manifest_invalid", "manifest is not a JSON object")
+    version = raw.get("version")
+    if version is not None and not is_valid_version(version):
+        raise BundleRejected("manifest_invalid", f"version {version!r} is not a valid name")
+    files = raw.get("files", {})
+    if not isinstance(files, dict):
+        raise BundleRejected("manifest_invalid", "files is not an object")
+    specs = {}
+    for name, spec in files.items():
+        safe_relative_path(name)
+        specs[name] = _parse_file_spec(name, spec)
+    return Manifest(version, specs)
+
+
+def manifest_poll_interval(raw: object) -> object:
+    """The raw ``sidecar.poll_interval_seconds`` of a parsed manifest, or None."""
+    if isinstance(raw, dict) and isinstance(raw.get("sidecar"), dict):
+        return raw["sidecar"].get("poll_interval_seconds")
+    return None
+
+
+def _check_symlink(root: Path, real_root: str, path: Path) -> None:
+    target = os.readlink(path)
+    real = os.path.realpath(path)
+    inside = real == real_root or real.startswith(real_root + os.sep)
+    if os.path.isabs(target) or not inside:
+        rel = path.relative_to(root)
+        raise BundleRejected("unsafe_path", f"symlink {rel} points outside the bundle: {target!r}")
+
+
+def check_tree(root: Path) -> int:
+    """Reject devices, fifos, sockets and symlinks that leave the bundle; count entries."""
+    real_root = os.path.realpath(root)
+    count = 0
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(dirpath, name)
+            mode = path.lstat().st_mode
+            count += 1
+            if stat.S_ISLNK(mode):
+                _check_symlink(root, real_root, path)
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                rel = path.relative_to(root)
+                raise BundleRejected("unsafe_path", f"{rel} is not a regular file or directory")
+    return count
+
+
+def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:
+    path = root / name
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        if required:
+            raise BundleRejected("manifest_missing", f"{name} is missing") from None
+        return None
+    if not stat.S_ISREG(mode):
+        raise BundleRejected("manifest_invalid", f"{name} is not a regular file")
+    return parse_manifest(path.read_bytes())
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_file(root: Path, name: str, spec: FileSpec) -> None:
+    """The listed file exists as a regular file and matches its size and checksum."""
+    path = root / safe_relative_path(name)
+    if not path.is_file():
+        raise BundleRejected("file_missing", f"listed file {name!r} is missing")
+    if spec.size is not None and path.stat().st_size != spec.size:
+        size = path.stat().st_size
+        detail = f"{name!r} has {size} bytes, the manifest says {spec.size}"
+        raise BundleRejected("size_mismatch", detail)
+    if sha256_of(path) != spec.sha256:
+        raise BundleRejected("checksum_mismatch", f"{name!r} does not match its sha256")
+
+
+def validate_bundle(root: Path, manifest_name: str, require_manifest: bool) -> Manifest | None:
+    """Validate a claimed bundle in place; return its manifest (None when it has none)."""
+    if check_tree(root) == 0:
+        raise BundleRejected("empty_bundle", "READY was staged with no bundle")
+    manifest = read_manifest(root, manifest_name, require_manifest)
+    for name, spec in (manifest.files if manifest else {}).items():
+        check_file(root, name, spec)
+    return manifest

@@ -1,0 +1,106 @@
+"""The daemon: APScheduler runs the promotion pass on the resolved interval.
+
+One interval job with ``max_instances=1`` and ``coalesce``; after every pass an event
+listener reschedules the job when the resolved interval changed (SPEC section 5).
+SIGTERM and SIGINT stop the scheduler; a pass in progress finishes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.base import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from service.jobs.promote import Promoter
+from service.metrics import Health, Metrics
+from service.watch import Watch
+
+log = logging.getLogger(__name__)
+JOB_ID = "promote"
+
+
+class Daemon:
+    def __init__(self, promoter: Promoter, metrics: Metrics, health: Health,
+                 clock: Callable[[], float]) -> None:
+        self.promoter = promoter
+        self.metrics = metrics
+        self.health = health
+        self.clock = clock
+        self.interval = promoter.interval()
+        self.watch: Watch | None = None
+        self.scheduler = BlockingScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+
+    def poll(self) -> float:
+        """The scheduled job: one pass; returns the interval resolved after it."""
+        result = self.promoter.run_pass()
+        self.health.last_poll = self.clock()
+        self.health.ready = True
+        if self.watch is not None:
+            self.watch.rearm()
+            if result.outcome in ("promoted", "rejected") and self.promoter.layout.ready.exists():
+                self.wake()  # the next bundle arrived during this pass; its event was spent
+        return self.promoter.interval()
+
+    def _after_poll(self, event: JobExecutionEvent) -> None:
+        if event.exception is not None:
+            log.error("promotion pass crashed: %r", event.exception)
+            return
+        new = float(event.retval)
+        if new != self.interval:
+            log.info("poll interval changes from %g s to %g s", self.interval, new)
+            self._set_interval(new)
+            self.scheduler.reschedule_job(JOB_ID, trigger="interval", seconds=new)
+
+    def _set_interval(self, seconds: float) -> None:
+        self.interval = seconds
+        self.health.interval = seconds
+        self.metrics.poll_interval.set(seconds)
+
+    def wake(self) -> None:
+        """Run the job now (the watch calls this when READY appears)."""
+        try:
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+        except Exception as exc:
+            log.debug("cannot wake the job: %r", exc)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping after the pass in progress",
+                 signal.Signals(signum).name)
+        with contextlib.suppress(SchedulerNotRunningError):
+            self.scheduler.shutdown(wait=False)
+
+    def run(self) -> int:
+        self._set_interval(self.interval)
+        self.scheduler.add_job(self.poll, "interval", seconds=self.interval, id=JOB_ID,
+                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_listener(self._after_poll, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        previous = install_signal_handlers(self._stop)
+        self.health.running = True
+        try:
+            self.scheduler.start()
+        finally:
+            self.health.running = False
+            with self.promoter.pass_lock:  # a pass in progress finishes first
+                pass
+            install_signal_handlers(previous)
+        log.info("stopped")
+        return 0
+
+
+def install_signal_handlers(handler: Any) -> Any:
+    previous = signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return previous
