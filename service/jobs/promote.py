@@ -250,6 +250,7 @@ class Promoter:
         self._record_once(history.make_event("rejected", name, self.clock, reason=reason,
                                              detail=detail))
         self._count_failure("rejected", reason)
+        self._retention_due = True
         log.warning("rejected the staged bundle as rejected/%s: %s: %s", name, reason, detail)
 
     def _finish_adopt(self, intent: Intent) -> None:
