@@ -32,3 +32,5 @@ def setup_logging(level: str, log_format: str) -> None:
     root.setLevel(level)
     # APScheduler logs every run at INFO; at a 1 s interval that is noise.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # urllib3 logs each retry; the sidecar logs the outcome of the whole reload once.
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
@@ -79,7 +79,9 @@ def is_timeout(exc: BaseException) -> bool:
     if isinstance(exc, requests.Timeout):
         return True
     cause = exc.args[0] if exc.args else None
-    return isinstance(cause, MaxRetryError) and isinstance(cause.reason, Urllib3Timeout)
+    reason = cause.reason if isinstance(cause, MaxRetryError) else None
+    # NewConnectionError subclasses ConnectTimeoutError for history's sake: it is a refusal.
+    return isinstance(reason, Urllib3Timeout) and not isinstance(reason, NewConnectionError)
 
 
 def read_token(config: Config) -> str | None:
