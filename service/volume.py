@@ -113,14 +113,19 @@ def unclaim(layout: Layout) -> None:
     fsops.fsync_dir(layout.work)
 
 
-def release_staging(layout: Layout, entries: list[str], ready: ReadyMark | None) -> None:
-    """Empty staging of the taken bundle, READY last: the producer's signal."""
-    for name in entries:
+def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) -> None:
+    """Empty staging of the taken bundle, READY last: the producer's signal.
+
+    Only while the claimed READY is still there: once it is gone, staging belongs to the
+    producer again and may already hold the next bundle, with the same names.
+    """
+    if ready is None or ReadyMark.of(layout.ready) != ready:
+        return
+    for name in copied:
         path = layout.staging / name
         if os.path.lexists(path):
             fsops.remove_entry(path)
-    if ready is not None and ReadyMark.of(layout.ready) == ready:
-        layout.ready.unlink()
+    layout.ready.unlink()
     fsops.fsync_dir(layout.staging)
 
 

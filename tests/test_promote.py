@@ -231,3 +231,22 @@ def test_pending_reload_survives_in_the_state_dir(
     assert result.reload_failed
     pending = json.loads(h.layout.pending_reload.read_text())
     assert pending["version"] == "v1" and pending["path"] == str(h.layout.versions / "v1")
+
+
+def test_roll_forward_never_deletes_the_next_bundle(harness: Callable[..., Harness]) -> None:
+    """A journal finished after READY was taken leaves the producer's next bundle alone.
+
+    Regression: the roll-forward deleted staged names of the old bundle, which the next
+    bundle (same file names) had already reused.
+    """
+    h = harness()
+    write_bundle(h.layout.staging, FILES, version="v1")
+    h.promoter.run_pass()
+    write_bundle(h.layout.staging, {"model.bin": b"next"}, version="v2")
+    staged = tree_digest(h.layout.staging)
+    fsops.atomic_write_json(h.layout.intent, {
+        "action": "promote", "name": "v1", "previous": None,
+        "entries": ["manifest.json", "model.bin"], "ready": [1, 1], "copied": True,
+        "time": 0, "claimed": 0})
+    h.promoter._recover()
+    assert tree_digest(h.layout.staging) == staged

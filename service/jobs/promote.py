@@ -215,7 +215,8 @@ class Promoter:
     def _release(self, intent: Intent) -> None:
         ready = intent.get("ready")
         mark = volume.ReadyMark(*ready) if ready else None
-        volume.release_staging(self.layout, intent.get("entries", []), mark)
+        copied = intent.get("entries", []) if intent.get("copied") else []
+        volume.release_staging(self.layout, copied, mark)
 
     def _switch(self, name: str) -> None:
         target = self.layout.version_dir(name)
