@@ -188,7 +188,7 @@ class ReloadServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_POST = do_GET = do_PUT = do_PATCH = _handle
+            do_POST = do_GET = do_PUT = do_PATCH = _handle  # noqa: N815
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -248,7 +248,8 @@ def base_env(models: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str],
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import (
-    Daemon, ReloadServer, base_env, http_get, require_tool, run_cli, wait_for, write_bundle,
+    Daemon,
+    ReloadServer,
+    base_env,
+    http_get,
+    require_tool,
+    run_cli,
+    wait_for,
+    write_bundle,
 )
 
 INTERVAL = "model_sidecar_poll_interval_seconds"

@@ -114,7 +114,9 @@ def test_5xx_forever_exhausts_the_retries(
     assert h.value("model_sidecar_reload_failures_total", reason="http_status") == 1
 
 
-def test_hung_server_times_out(harness: Callable[..., Harness], reload_server: ReloadServer) -> None:
+def test_hung_server_times_out(
+    harness: Callable[..., Harness], reload_server: ReloadServer
+) -> None:
     """A server that accepts and never answers fails with reason timeout."""
     reload_server.default = "hang"
     h = harness(reload_url=reload_server.url, reload_timeout=0.5, reload_retries=0)
