@@ -91,7 +91,7 @@ def test_readers_never_see_two_versions(
     def reader() -> None:
         while not stop.is_set():
             try:
-                root = os.path.realpath(models / "current")
+                root = os.path.realpath(models / "current", strict=True)
                 names = sorted(os.listdir(os.path.join(root, "shard")))
             except FileNotFoundError:
                 continue  # nothing promoted yet
