@@ -25,6 +25,9 @@ def build_promoter(config: Config, registry: CollectorRegistry) -> Promoter:
 
 def log_start(config: Config) -> None:
     log.info("forecaster-sidecar %s starting with %s", __version__, config.redacted())
+    if config.reload_token_file is not None and not config.reload_token_file.exists():
+        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail until it does",
+                    config.reload_token_file)
 
 
 def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:

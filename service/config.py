@@ -134,8 +134,10 @@ def parse_address(name: str, raw: str) -> str:
 
 
 def parse_token_file(name: str, raw: str) -> Path:
+    """A token file path. It may not exist yet (an optional Secret mounted later: reloads
+    fail with a clear message until it does), but if it exists it must be readable."""
     path = parse_path(name, raw)
-    if not path.is_file() or not os.access(path, os.R_OK):
+    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK)):
         raise ConfigError(f"{name}: {path} is not a readable file")
     return path
 

@@ -19,7 +19,7 @@ BAD_ENV = [
     ("RELOAD_METHOD", "DELETE"), ("RELOAD_TIMEOUT", "0"), ("RELOAD_TIMEOUT", "-1"),
     ("RELOAD_TIMEOUT", "soon"), ("RELOAD_RETRIES", "-1"), ("RELOAD_RETRIES", "1.5"),
     ("RELOAD_RETRIES", "101"), ("RELOAD_VERIFY_URL", "/ready"),
-    ("RELOAD_TOKEN_FILE", "/nonexistent/token"), ("KEEP_VERSIONS", "0"),
+    ("RELOAD_TOKEN_FILE", "/"), ("KEEP_VERSIONS", "0"),
     ("KEEP_VERSIONS", "three"), ("KEEP_REJECTED", "-1"), ("METRICS_PORT", "65536"),
     ("METRICS_PORT", "http"), ("METRICS_ADDR", "not an address!"), ("LOG_LEVEL", "LOUD"),
     ("LOG_FORMAT", "xml"), ("MODELS_ROOT", ""), ("STAGING_DIR", ""), ("CURRENT_LINK", ""),
