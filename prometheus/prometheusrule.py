@@ -1,4 +1,4 @@
-"""Writes k8s/prometheusrule.yaml from prometheus/alerts.yml (the one source of truth).
+"""Writes k8s/monitoring/prometheusrule.yaml from prometheus/alerts.yml (the one source of truth).
 
     uv run python prometheus/prometheusrule.py
 """
@@ -34,7 +34,7 @@ def main() -> None:
                      "labels": {"app": "forecaster", "role": "alert-rules"}},
         "spec": {"groups": rules["groups"]},
     }
-    out = HERE.parent / "k8s" / "prometheusrule.yaml"
+    out = HERE.parent / "k8s" / "monitoring" / "prometheusrule.yaml"
     out.write_text(HEADER + yaml.dump(crd, Dumper=_BlockDumper, sort_keys=False, width=100))
 
 

@@ -303,8 +303,8 @@ def test_every_alert_has_a_unit_test_and_a_runbook_entry() -> None:
 
 
 def test_prometheusrule_carries_the_same_rules() -> None:
-    """k8s/prometheusrule.yaml holds exactly the groups of prometheus/alerts.yml."""
+    """k8s/monitoring/prometheusrule.yaml holds exactly the groups of prometheus/alerts.yml."""
     source = yaml.safe_load(RULES.read_text())
-    crd = yaml.safe_load((ROOT / "k8s" / "prometheusrule.yaml").read_text())
+    crd = yaml.safe_load((ROOT / "k8s" / "monitoring" / "prometheusrule.yaml").read_text())
     assert crd["kind"] == "PrometheusRule"
     assert crd["spec"]["groups"] == source["groups"]
