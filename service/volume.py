@@ -9,11 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import fsops
 from service.layout import Layout
+
+STRAY_PREFIX = "copy-"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,32 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
     fsops.fsync_dir(layout.incoming)
     fsops.fsync_dir(layout.staging)
     return copied, skipped
+
+
+def break_hard_links(layout: Layout) -> int:
+    """Replace every claimed regular file that has other hard links by a private copy.
+
+    A hard link shares its inode with a file outside the bundle; whoever can write that
+    file could change a published version. The copy is made in the work dir (where a
+    crash leaves it for :func:`remove_stray_copies`) and renamed over the link.
+    """
+    copied = 0
+    for dirpath, _dirs, files in os.walk(layout.incoming):
+        for name in files:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
+                shutil.copy2(path, tmp)
+                os.replace(tmp, path)
+                copied += 1
+    return copied
+
+
+def remove_stray_copies(layout: Layout) -> None:
+    for entry in os.scandir(layout.work):
+        if entry.name.startswith(STRAY_PREFIX):
+            os.unlink(entry.path)
 
 
 def unclaim(layout: Layout) -> None:

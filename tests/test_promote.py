@@ -250,3 +250,19 @@ def test_roll_forward_never_deletes_the_next_bundle(harness: Callable[..., Harne
         "time": 0, "claimed": 0})
     h.promoter._recover()
     assert tree_digest(h.layout.staging) == staged
+
+
+def test_hard_linked_files_are_copied_so_versions_stay_immutable(
+    harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A staged file hard-linked to a file outside is published as a private copy."""
+    h = harness()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"original")
+    write_bundle(h.layout.staging, {"other": b"x"}, ready=False, manifest=None)
+    os.link(outside, h.layout.staging / "model.bin")
+    (h.layout.staging / "READY").write_text("")
+    assert h.promoter.run_pass().outcome == "promoted"
+    outside.write_bytes(b"changed!")
+    assert (h.layout.current / "model.bin").read_bytes() == b"original"
+    assert (h.layout.current / "model.bin").stat().st_nlink == 1

@@ -41,6 +41,7 @@ def check_no_leftovers(models: Path) -> None:
     assert not (state / "work" / "incoming").exists(), "claim left over"
     assert not (state / "intent.json").exists(), "journal left over"
     assert os.listdir(state / "trash") == [], "trash not emptied"
+    assert os.listdir(state / "work") == [], f"work dir not clean: {os.listdir(state / 'work')}"
     temps = [n for n in os.listdir(models) if n.startswith(".current.tmp-")]
     assert temps == [], f"temporary links left over: {temps}"
 

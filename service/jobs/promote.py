@@ -113,6 +113,7 @@ class Promoter:
             log.warning("returning an interrupted claim to %s", self.layout.staging)
             volume.unclaim(self.layout)
         fsops.empty_dir(self.layout.trash)
+        volume.remove_stray_copies(self.layout)
         state = volume.link_state(self.layout)
         if state.kind == "directory":
             self._adopt()
@@ -160,6 +161,8 @@ class Promoter:
                         "previous": volume.current_name(self.layout), "claimed": self.clock()}
         try:
             base["copied"], skipped = volume.claim(self.layout, entries)
+            if volume.break_hard_links(self.layout):
+                log.info("copied hard-linked files of the bundle so that the version is private")
             intent = {**base, **self._decide(skipped)}
         except OSError as exc:
             self._abandon_claim()
