@@ -132,3 +132,26 @@ def test_servicemonitor_selects_the_metrics_service() -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert service["metadata"]["name"].startswith("forecaster-sidecar")
+
+
+def test_mlserver_overlay_renders_and_validates(tmp_path: Path) -> None:
+    """The MLServer overlay renders with kustomize, validates, and points the reload at
+    the KServe V2 load endpoint with verification and rollback."""
+    kubectl = require_tool("kubectl")
+    validate = require_tool("kubernetes-validate")
+    rendered = subprocess.run([kubectl, "kustomize", str(ROOT / "examples" / "mlserver" / "k8s")],
+                              capture_output=True, text=True, check=True).stdout
+    path = tmp_path / "mlserver.yaml"
+    path.write_text(rendered)
+    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    data = docs["ConfigMap"]["data"]
+    assert data["RELOAD_URL"].endswith("/v2/repository/models/forecaster/load")
+    assert "{version}" in data["RELOAD_VERIFY_URL"]
+    assert data["ROLLBACK_ON_RELOAD_FAILURE"] == "true"
+    assert "RELOAD_TOKEN_FILE" not in data
+    app = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+               if c["name"] == "forecaster")
+    assert app["command"] == ["mlserver", "start", "/models/current"]
