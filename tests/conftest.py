@@ -294,7 +294,10 @@ class Daemon:
         end = time.monotonic() + deadline
         value = None
         while time.monotonic() < end:
-            value = self.metric(name, **labels)
+            try:
+                value = self.metric(name, **labels)
+            except OSError:  # the server is not up yet
+                value = None
             if predicate(value):
                 return value
             time.sleep(0.05)
