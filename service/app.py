@@ -64,8 +64,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
         if watcher is not None:
             watcher.close()
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.server_close()  # no shutdown(): serve_forever blocks without polling
 
 
 def rollback(config: Config, target: str | None) -> int:

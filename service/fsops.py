@@ -44,6 +44,27 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def sync_filesystem(path: Path) -> None:
+    """Make everything written to path's filesystem durable with one syncfs(2).
+
+    For a bundle of many files this replaces thousands of open/fsync/close calls; the
+    kernel writes back only what is dirty. Where syncfs is missing, fsync every file.
+    """
+    import ctypes
+
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        fsync_tree(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file under a temporary name, fsync it, rename it into place, fsync the dir."""
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")

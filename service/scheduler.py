@@ -2,7 +2,9 @@
 
 One interval job with ``max_instances=1`` and ``coalesce``; after every pass an event
 listener reschedules the job when the resolved interval changed (SPEC section 5).
-SIGTERM and SIGINT stop the scheduler; a pass in progress finishes first.
+SIGTERM and SIGINT stop the scheduler; a pass in progress finishes first. When idle,
+every thread (scheduler, worker, metrics server, inotify watch) is blocked in the kernel
+with no periodic wake-ups.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class Daemon:
         self.clock = clock
         self.interval = promoter.interval()
         self.watch: Watch | None = None
+        # One worker thread, blocked on its queue when idle. (APScheduler's DebugExecutor
+        # would save it, but a shutdown during a pass in the scheduler's own thread makes
+        # APScheduler 3 raise JobLookupError when it updates the removed job.)
         self.scheduler = BlockingScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},

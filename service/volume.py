@@ -162,7 +162,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
 def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
     """Rename a complete directory to its final place, durably."""
     if sync_content:
-        fsops.fsync_tree(src)
+        fsops.sync_filesystem(src)
     os.rename(src, dst)
     fsops.fsync_dir(dst.parent)
     fsops.fsync_dir(src.parent)
