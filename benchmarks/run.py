@@ -231,7 +231,7 @@ def latency(root: Path, samples: int, watch: bool) -> dict[str, Any]:
             os.sync()
             before = os.readlink(root / "current") if (root / "current").is_symlink() else None
             if not watch:  # a producer's READY lands at a random phase of the poll
-                time.sleep(random.uniform(0, 1))  # noqa: S311 - timing jitter, not crypto
+                time.sleep(random.uniform(0, 1))
             start = time.perf_counter()
             (staging / "READY").write_text("")
             while os.readlink(root / "current") == before if before else not (
