@@ -6,7 +6,6 @@ only builds the request, classifies the outcome and runs the optional verificati
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,13 +79,10 @@ def attempts_of(response: requests.Response) -> int:
 
 
 class HttpReloader:
-    def __init__(
-        self,
-        config: Config,
-        session: requests.Session | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    """Built by :class:`service.reload.Reloader` on its first reload, with its arguments."""
+
+    def __init__(self, config: Config, session: requests.Session | None,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         self.config = config
         self.session = session or make_session(config.reload_retries)
         self.verify_session = requests.Session()
