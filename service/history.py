@@ -54,6 +54,34 @@ def read(path: Path) -> list[Event]:
         return []
 
 
+TAIL_BYTES = 256 * 1024
+
+
+def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
+    """The events in the last max_bytes of the history: enough for retention and status,
+    and a cost that does not grow with the age of the volume."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - max_bytes, 0))
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    if size > max_bytes:
+        data = data[data.find(b"\n") + 1:]  # the first line is cut
+    return parse_lines(data)
+
+
+def previous_version(path: Path, events: list[Event], current: str | None) -> str | None:
+    """previous_of() over the tail events, reading the whole history only when the switch
+    to current is older than the tail."""
+    previous = previous_of(events, current)
+    if previous is None and current is not None and not any(
+            e.get("version") == current and e.get("event") in SWITCH_EVENTS for e in events):
+        previous = previous_of(read(path), current)
+    return previous
+
+
 def read_from(path: Path, offset: int) -> tuple[list[Event], int]:
     """Complete events appended since offset, and the offset after the last of them."""
     try:

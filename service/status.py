@@ -18,13 +18,13 @@ def _rejection(layout: Layout, name: str) -> dict[str, Any]:
 
 
 def collect(layout: Layout) -> dict[str, Any]:
-    events = history.read(layout.history)
+    events = history.read_tail(layout.history)
     current = volume.current_name(layout)
     staged = layout.ready.exists()
     return {
         "current": current,
         "current_link": volume.link_state(layout).kind,
-        "previous": history.previous_of(events, current),
+        "previous": history.previous_version(layout.history, events, current),
         "versions": list(reversed(volume.list_dirs(layout.versions))),
         "staged": {"ready": staged,
                    "entries": len(volume.staged_entries(layout)) if staged else 0},

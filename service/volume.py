@@ -10,7 +10,7 @@ import errno
 import os
 import secrets
 import shutil
-import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,24 +104,17 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
     return copied, skipped
 
 
-def break_hard_links(layout: Layout) -> int:
-    """Replace every claimed regular file that has other hard links by a private copy.
+def break_hard_links(layout: Layout, paths: Iterable[str]) -> None:
+    """Replace claimed files that have other hard links by private copies.
 
     A hard link shares its inode with a file outside the bundle; whoever can write that
     file could change a published version. The copy is made in the work dir (where a
     crash leaves it for :func:`remove_stray_copies`) and renamed over the link.
     """
-    copied = 0
-    for dirpath, _dirs, files in os.walk(layout.incoming):
-        for name in files:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
-                shutil.copy2(path, tmp)
-                os.replace(tmp, path)
-                copied += 1
-    return copied
+    for path in paths:
+        tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
+        shutil.copy2(path, tmp)
+        os.replace(tmp, path)
 
 
 def remove_stray_copies(layout: Layout) -> None:

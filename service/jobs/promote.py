@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import fsops, history, retention, volume
-from service.bundle import Manifest, manifest_poll_interval, validate_bundle
+from service.bundle import Manifest, check_contents, check_tree, manifest_poll_interval
 from service.config import Config
 from service.errors import BundleRejected, LockBusy, RollbackError, TransientError
 from service.interval import check_manifest_interval, resolve_interval
@@ -130,7 +130,7 @@ class Promoter:
         if not link.is_symlink():
             raise TransientError(f"{link} is neither a symlink nor a directory; move it away")
         existing = set(volume.list_dirs(self.layout.versions))
-        order = [v for v in history.promotion_order(history.read(self.layout.history))
+        order = [v for v in history.promotion_order(history.read_tail(self.layout.history))
                  if v in existing] or sorted(existing)
         if not order:
             log.error("%s is broken and no version exists: removing it", link)
@@ -161,8 +161,6 @@ class Promoter:
                         "previous": volume.current_name(self.layout), "claimed": self.clock()}
         try:
             base["copied"], skipped = volume.claim(self.layout, entries)
-            if volume.break_hard_links(self.layout):
-                log.info("copied hard-linked files of the bundle so that the version is private")
             intent = {**base, **self._decide(skipped)}
         except OSError as exc:
             self._abandon_claim()
@@ -178,8 +176,13 @@ class Promoter:
         try:
             if skipped:
                 raise BundleRejected("unsafe_path", f"special file {skipped[0]} in the bundle")
-            manifest = validate_bundle(self.layout.incoming, self.config.manifest_name,
-                                       self.config.require_manifest)
+            scan = check_tree(self.layout.incoming)
+            if scan.hard_linked:
+                log.info("copying %d hard-linked files so that the version is private",
+                         len(scan.hard_linked))
+                volume.break_hard_links(self.layout, scan.hard_linked)
+            manifest = check_contents(self.layout.incoming, self.config.manifest_name,
+                                      self.config.require_manifest)
             return {"action": "promote", "name": self._version_name(manifest)}
         except BundleRejected as exc:
             name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
@@ -292,7 +295,8 @@ class Promoter:
             current = volume.current_name(self.layout)
             if expect_current is not None and current != expect_current:
                 raise RollbackError(f"current moved on to {current}; not rolling back")
-            target = target or history.previous_of(history.read(self.layout.history), current)
+            target = target or history.previous_version(
+                self.layout.history, history.read_tail(self.layout.history), current)
             if target is None:
                 raise RollbackError("there is no previous version to roll back to")
             if not self.layout.version_dir(target).is_dir():
@@ -379,9 +383,9 @@ class Promoter:
     # -- retention and observation -----------------------------------------------------
 
     def _retain(self) -> None:
-        events = history.read(self.layout.history)
+        events = history.read_tail(self.layout.history)
         current = volume.current_name(self.layout)
-        protected = {current, history.previous_of(events, current)}
+        protected = {current, history.previous_version(self.layout.history, events, current)}
         ordered = retention.order_versions(volume.list_dirs(self.layout.versions),
                                            history.promotion_order(events))
         doomed = [self.layout.version_dir(v) for v in
