@@ -6,12 +6,13 @@ Every function here does I/O and decides nothing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,22 +45,35 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    import ctypes
+
+    function: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True),
+                                                    "syncfs", None)
+    return function
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
+
+
 def sync_filesystem(path: Path) -> None:
     """Make everything written to path's filesystem durable with one syncfs(2).
 
     For a bundle of many files this replaces thousands of open/fsync/close calls; the
     kernel writes back only what is dirty. Where syncfs is missing, fsync every file.
     """
-    import ctypes
-
-    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    syncfs = _syncfs()
     if syncfs is None:
         fsync_tree(path)
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if syncfs(fd) != 0:
-            err = ctypes.get_errno()
+            err = _errno()
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)

@@ -54,7 +54,7 @@ def read(path: Path) -> list[Event]:
         return []
 
 
-TAIL_BYTES = 256 * 1024
+TAIL_BYTES = 64 * 1024  # about 300 events
 
 
 def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
