@@ -273,17 +273,18 @@ def growth_after_promotions(root: Path, count: int) -> dict[str, float]:
     try:
         wait_ready(port)
         marks = {}
-        for i in range(count):
+        for i in range(2 * count):
             staging = root / "staging"
             (staging / "m.bin").write_bytes(i.to_bytes(8, "big"))
             (staging / "READY").write_text("")
             while (staging / "READY").exists():
                 time.sleep(0.0005)
-            if i + 1 in (100, count):
+            if i + 1 in (100, count, 2 * count):
                 time.sleep(1.5)  # let the pass (and its retention) finish
                 marks[i + 1] = rss_mib(proc.pid)
         return {"rss_after_100_mib": marks[100], f"rss_after_{count}_mib": marks[count],
-                "growth_mib": marks[count] - marks[100]}
+                "growth_mib": marks[count] - marks[100],
+                "growth_second_batch_mib": marks[2 * count] - marks[count]}
     finally:
         stop(proc)
 
@@ -337,6 +338,8 @@ def report(r: dict[str, Any]) -> str:
             f"| VmRSS after 100 promotions | {mem['promotions']['rss_after_100_mib']:.1f} MiB |",
             f"| growth from 100 to {r['promotions_count']} promotions |"
             f" {mem['promotions']['growth_mib']:.2f} MiB |",
+            f"| growth over the next {r['promotions_count']} promotions |"
+            f" {mem['promotions']['growth_second_batch_mib']:.2f} MiB |",
             "", "## 5. Start-up", "", f"| start to /readyz (median) | "
             f"{r['startup']['median'] * 1000:.0f} ms |", "|---|---|"]
     one_gib = next(x for x in r["promotion"] if x["bundle"] == "1024 MiB / 1000 files")

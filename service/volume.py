@@ -99,9 +99,7 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
                     raise
             copied = True
         skipped += fsops.copy_entry(src, dst)
-    fsops.fsync_dir(layout.incoming)
-    fsops.fsync_dir(layout.staging)
-    return copied, skipped
+    return copied, skipped  # made durable by the syncfs before the journal is written
 
 
 def break_hard_links(layout: Layout, paths: Iterable[str]) -> None:

@@ -5,9 +5,11 @@ The order of the steps is the crash-safety argument (SPEC section 4):
 1. claim: the staged entries are renamed into ``.sidecar/work/incoming`` (copied
    across filesystems); READY stays, so a crash here is undone by putting them back;
 2. the claimed bundle is validated and a name decided;
-3. the decision is journalled in ``.sidecar/intent.json``; from here on a crash is
-   finished forward by the next pass, never undone;
-4. the bundle is fsynced and renamed to ``versions/<name>`` (or ``rejected/<name>``);
+3. one syncfs(2) makes the claim and every file durable; then the decision is
+   journalled in ``.sidecar/intent.json``; from here on a crash is finished forward by
+   the next pass, never undone;
+4. the bundle is renamed to ``versions/<name>`` (or ``rejected/<name>``), both
+   directories fsynced;
 5. staging is emptied, READY last and only the READY that was claimed;
 6. ``current`` is switched (temporary symlink, rename, fsync of the directory);
 7. the pending reload and the history record are written, the journal removed.
@@ -162,6 +164,9 @@ class Promoter:
         try:
             base["copied"], skipped = volume.claim(self.layout, entries)
             intent = {**base, **self._decide(skipped)}
+            # One syncfs makes the claim's renames and every byte of the bundle durable
+            # before the journal says "roll forward" (instead of a fsync per file).
+            fsops.sync_filesystem(self.layout.incoming)
         except OSError as exc:
             self._abandon_claim()
             self._count_failure("error", "io_error")
@@ -234,7 +239,7 @@ class Promoter:
     def _finish_promote(self, intent: Intent) -> None:
         name = intent["name"]
         if self.layout.incoming.exists():
-            volume.publish_dir(self.layout.incoming, self.layout.version_dir(name), True)
+            volume.publish_dir(self.layout.incoming, self.layout.version_dir(name), False)
         self._release(intent)
         self._switch(name)
         self._set_pending_reload(name, intent.get("previous"), rollback_allowed=True)
@@ -251,8 +256,7 @@ class Promoter:
         if self.layout.incoming.exists():
             volume.write_rejection(self.layout.incoming, {
                 "reason": reason, "detail": detail, "time": history.rfc3339(intent["time"])})
-            volume.publish_dir(self.layout.incoming, self.layout.rejected / name,
-                               bool(intent.get("copied")))
+            volume.publish_dir(self.layout.incoming, self.layout.rejected / name, False)
         self._release(intent)
         self._record_once(history.make_event("rejected", name, self.clock, reason=reason,
                                              detail=detail))
