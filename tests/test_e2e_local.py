@@ -55,18 +55,28 @@ def predict(app: str) -> dict[str, object]:
     return json.loads(body) if status == 200 else {}
 
 
+def sidecar(start_daemon: Callable[..., Daemon], models: Path, app: str,
+            token_file: Path) -> Daemon:
+    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
+                          RELOAD_TOKEN_FILE=str(token_file), RELOAD_RETRIES="0")
+    daemon.wait_ready()
+    return daemon
+
+
+def stage(models: Path, tmp_path: Path, version: str, slope: float) -> None:
+    out = run_cli("stage", str(make_bundle(tmp_path, slope)), "--version", version,
+                  env=base_env(models))
+    assert out.returncode == 0, out.stderr
+
+
 def test_stage_promote_reload_predict(
     models: Path, tmp_path: Path, app: str, token_file: Path,
     start_daemon: Callable[..., Daemon],
 ) -> None:
     """Each staged version is promoted, reloaded with the token, and served by /predict."""
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
-                          RELOAD_TOKEN_FILE=str(token_file), RELOAD_RETRIES="0")
-    daemon.wait_ready()
-    env = base_env(models)
+    daemon = sidecar(start_daemon, models, app, token_file)
     for version, slope in (("v1", 2.0), ("v2", 3.0)):
-        assert run_cli("stage", str(make_bundle(tmp_path, slope)), "--version", version,
-                       env=env).returncode == 0
+        stage(models, tmp_path, version, slope)
         wait_for(lambda v=version: predict(app).get("version") == v, what=version)
         assert predict(app)["prediction"] == 1.0 + slope * 2
     assert daemon.metric("model_sidecar_reload_requests_total", outcome="success") == 2
@@ -78,19 +88,14 @@ def test_wrong_token_fails_the_reload_and_the_old_model_serves(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     """With a wrong token the app answers 401: counted as http_status; v1 keeps serving."""
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
-                          RELOAD_TOKEN_FILE=str(token_file), RELOAD_RETRIES="0")
-    daemon.wait_ready()
-    env = base_env(models)
-    run_cli("stage", str(make_bundle(tmp_path, 2.0)), "--version", "v1", env=env)
+    daemon = sidecar(start_daemon, models, app, token_file)
+    stage(models, tmp_path, "v1", 2.0)
     wait_for(lambda: predict(app).get("version") == "v1", what="v1")
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-token")
     daemon.stop()
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
-                          RELOAD_TOKEN_FILE=str(wrong), RELOAD_RETRIES="0")
-    daemon.wait_ready()
-    run_cli("stage", str(make_bundle(tmp_path, 3.0)), "--version", "v2", env=env)
+    daemon = sidecar(start_daemon, models, app, wrong)
+    stage(models, tmp_path, "v2", 3.0)
     daemon.wait_metric("model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1,
                        reason="http_status")
     assert predict(app)["version"] == "v1"
