@@ -178,6 +178,9 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
 _EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL"}
 
 
+_UNSET = object()
+
+
 def _setting(key: str, cli: Mapping[str, str | None], env: Mapping[str, str]) -> object:
     """The parsed value of one setting from its highest-ranked source, or ``_UNSET``."""
     var, flag, parser = SETTINGS[key]
@@ -191,9 +194,6 @@ def _setting(key: str, cli: Mapping[str, str | None], env: Mapping[str, str]) ->
     if raw == "" and var == "RELOAD_URL":
         return None
     return parser(var, raw)
-
-
-_UNSET = object()
 
 
 def load_config(cli: Mapping[str, str | None], env: Mapping[str, str]) -> Config:
