@@ -82,11 +82,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from service.stage import stage_bundle
 
-    manifest = stage_bundle(Path(args.bundle_dir), Layout.from_config(config),
-                            args.bundle_version)
-    files = manifest.get("files")
-    print(f"staged {len(files) if isinstance(files, dict) else 0} files"
-          f" (version {manifest.get('version') or 'generated at promotion'})"
+    staged = stage_bundle(Path(args.bundle_dir), Layout.from_config(config),
+                          args.bundle_version)
+    print(f"staged {staged.files} files, {staged.total_bytes} bytes"
+          f" (version {staged.version or 'generated at promotion'})"
           f" into {config.staging_dir}")
     return EXIT_OK
 
