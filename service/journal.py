@@ -97,7 +97,7 @@ def _field(raw: dict[str, object], key: str, kind: type) -> object:
     value = raw[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TypeError(f"{key} is not a {kind.__name__}")
     return value
 
