@@ -41,6 +41,7 @@ class Daemon:
         self.promoter = promoter
         self.progress = progress or promoter.progress
         self.lock = lock
+        self._command_pending = False
         self.metrics = metrics
         self.health = health
         self.clock = clock
@@ -57,7 +58,10 @@ class Daemon:
 
     def poll(self) -> float:
         """The scheduled job: one pass; returns the interval resolved after it."""
-        result = self.promoter.run_pass()
+        # After a command's event the command still holds the volume lock for a moment:
+        # wait for it rather than skip the pass that delivers the command's reload.
+        wait, self._command_pending = self._command_pending, False
+        result = self.promoter.run_pass(wait=wait)
         if self.lock is not None and not self.lock.held:
             self.lock.acquire(self.lock.info)  # the other daemon may have gone
         self.health.last_poll = self.clock()
@@ -89,6 +93,13 @@ class Daemon:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
         except Exception as exc:
             log.debug("cannot wake the job: %r", exc)
+
+    def wake_for_command(self) -> None:
+        """A command changed the volume (a rollback): deliver its reload now. The
+        daemon's own passes write the same files; those are not a reason to wake."""
+        if not self.promoter.pass_lock.locked():
+            self._command_pending = True
+            self.wake()
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
