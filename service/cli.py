@@ -80,8 +80,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
+    from service.placement import check_volume
     from service.stage import stage_bundle
 
+    check_volume(config, create=False)
     staged = stage_bundle(Path(args.bundle_dir), Layout.from_config(config),
                           args.bundle_version)
     print(f"staged {staged.files} files, {staged.total_bytes} bytes"
@@ -91,8 +93,10 @@ def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from service.placement import check_volume
     from service.status import collect, render_text
 
+    check_volume(config, create=False)
     state = collect(Layout.from_config(config))
     print(json.dumps(state, indent=2, sort_keys=True) if args.json else render_text(state))
     return EXIT_OK
