@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from service.watch import Watch
 
 log = logging.getLogger(__name__)
 JOB_ID = "promote"
+STOP_GRACE = 3.0  # seconds a stop waits for a reload in flight (SPEC 9: exit within 5 s)
 
 
 class Daemon:
@@ -118,11 +120,28 @@ class Daemon:
             self.scheduler.start()
         finally:
             self.health.running = False
-            with self.promoter.pass_lock:  # a pass in progress finishes first
-                pass
+            finished = self._wait_for_pass()
             install_signal_handlers(previous)
         log.info("stopped")
+        if not finished:
+            # Only a reload is in flight: its pending file stays and the next start sends
+            # it again. The worker thread would hold the interpreter's exit until the
+            # model server answers, so leave without waiting for it.
+            logging.shutdown()
+            os._exit(0)
         return 0
+
+    def _wait_for_pass(self) -> bool:
+        """Wait for the pass in progress: always while it changes the volume (a
+        validation stops at once, a journalled change is quick); a reload in flight only
+        for STOP_GRACE seconds. Whether the pass finished."""
+        while not self.promoter.pass_lock.acquire(timeout=STOP_GRACE):
+            if not self.promoter.changing.is_set():
+                log.warning("stopping with a reload in flight; it is sent again at the "
+                            "next start")
+                return False
+        self.promoter.pass_lock.release()
+        return True
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
