@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from service import fsops, history, journal, volume
 from service.delivery import ReloadDelivery
-from service.errors import TransientError
+from service.errors import TransientError, doing
 from service.journal import Adopt, Claim, Intent, Promote, Reject, Rollback
 from service.layout import Layout
 from service.metrics import Metrics
@@ -35,11 +35,16 @@ class JournalledChanges:
 
     def apply(self, intent: Intent) -> None:
         """Journal a change, then carry it out."""
-        journal.write(self.layout.intent, intent)
+        with doing(f"writing the journal {self.layout.intent}"):
+            journal.write(self.layout.intent, intent)
         self.finish(intent)
 
     def finish(self, intent: Intent) -> None:
         """Carry a journalled change through to its end; safe to repeat after a crash."""
+        with doing(f"finishing the {intent.action} of {intent.name}"):
+            self._finish(intent)
+
+    def _finish(self, intent: Intent) -> None:
         if isinstance(intent, Promote):
             self._finish_promote(intent)
         elif isinstance(intent, Reject):
@@ -54,19 +59,22 @@ class JournalledChanges:
     def _release(self, claim: Claim) -> None:
         mark = volume.ReadyMark(*claim.ready) if claim.ready else None
         copied = list(claim.entries) if claim.copied else []
-        volume.release_staging(self.layout, copied, mark)
+        with doing(f"emptying {self.layout.staging}"):
+            volume.release_staging(self.layout, copied, mark)
 
     def _switch(self, name: str) -> None:
         target = self.layout.version_dir(name)
         if not target.is_dir() or target.is_symlink():
             raise TransientError(f"refusing to point {self.layout.current} at missing {target}")
-        fsops.switch_link(self.layout.current, target)
+        with doing(f"switching {self.layout.current} to {name}"):
+            fsops.switch_link(self.layout.current, target)
         self.retention_due = True
 
     def _finish_promote(self, intent: Promote) -> None:
         name = intent.name
         if self.layout.incoming.exists():
-            volume.publish_dir(self.layout.incoming, self.layout.version_dir(name), False)
+            with doing(f"publishing {self.layout.version_dir(name)}"):
+                volume.publish_dir(self.layout.incoming, self.layout.version_dir(name), False)
         self._release(intent.claim)
         self._switch(name)
         self.delivery.set_pending(name, intent.previous, rollback_allowed=True)
@@ -116,7 +124,8 @@ class JournalledChanges:
         events = history.read_tail(self.layout.history)
         if events and _same_event(events[-1], record):
             return
-        history.append(self.layout.history, record)
+        with doing(f"appending to {self.layout.history}"):
+            history.append(self.layout.history, record)
 
 
 def _same_event(a: history.Event, b: history.Event) -> bool:

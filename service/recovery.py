@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from service import fsops, history, journal, jsonfile, volume
 from service.changes import JournalledChanges
-from service.errors import StateDamaged, TransientError
+from service.errors import StateDamaged, TransientError, doing
 from service.journal import Adopt, Intent
 from service.layout import Layout
 from service.naming import generated_name, timestamp_name
@@ -31,6 +31,10 @@ class Recovery:
 
     def run(self) -> bool:
         """Recover; whether history was repaired (its offsets changed)."""
+        with doing("recovering the volume"):
+            return self._run()
+
+    def _run(self) -> bool:
         for name in volume.remove_temp_links(self.layout):
             log.warning("removed %s left by an interrupted switch", name)
         intent = self._read_journal()

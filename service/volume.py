@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from service import fsops
+from service.errors import doing
 from service.layout import Layout
 from service.progress import Progress
 
@@ -96,7 +97,7 @@ COPY_CHUNK = 1024 * 1024
 
 def copy_file(src: str, dst: str, progress: Progress) -> None:
     """Copy one regular file in chunks, so that a stop interrupts even a huge one."""
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
+    with doing(f"copying {src} to {dst}"), open(src, "rb") as fin, open(dst, "xb") as fout:
         while chunk := fin.read(COPY_CHUNK):
             fout.write(chunk)
             progress.step()

@@ -48,6 +48,7 @@ from service.errors import (
     RollbackError,
     StateDamaged,
     TransientError,
+    doing,
     one_line,
 )
 from service.interval import check_manifest_interval, resolve_interval
@@ -112,8 +113,9 @@ class Promoter:
 
     def _guarded_pass(self, wait: bool) -> PassResult:
         try:
-            volume.ensure_dirs(self.layout)
-            with fsops.volume_lock(self.layout.lock, wait):
+            with doing("creating the volume's directories"):
+                volume.ensure_dirs(self.layout)
+            with doing("the promotion pass"), fsops.volume_lock(self.layout.lock, wait):
                 self.changing.set()
                 try:
                     return self._locked_pass()
@@ -176,11 +178,13 @@ class Promoter:
         entries = volume.staged_entries(self.layout)
         previous = volume.current_name(self.layout)
         try:
-            copied, skipped = volume.claim(self.layout, entries, self.progress)
+            with doing(f"claiming the staged bundle in {self.layout.staging}"):
+                copied, skipped = volume.claim(self.layout, entries, self.progress)
             mark = (ready.inode, ready.mtime_ns) if ready else None
             claim = Claim(mark, tuple(entries), copied, self.clock())
             intent = self._decide(skipped, claim, previous)
-            fsops.sync_filesystem(self.layout.incoming)
+            with doing(f"making {self.layout.incoming} durable"):
+                fsops.sync_filesystem(self.layout.incoming)
         except Cancelled:
             self._abandon_claim()
             log.info("stopping: the validation in progress was abandoned, the bundle "
@@ -268,10 +272,11 @@ class Promoter:
                   retention.versions_to_delete(ordered, self.config.keep_versions, protected)]
         doomed += [self.layout.rejected / r for r in retention.rejected_to_delete(
             volume.list_dirs(self.layout.rejected), self.config.keep_rejected)]
-        for path in doomed:
-            log.info("retention: deleting %s", path)
-            volume.move_to_trash(self.layout, path)
-        fsops.empty_dir(self.layout.trash)
+        with doing("retention"):
+            for path in doomed:
+                log.info("retention: deleting %s", path)
+                volume.move_to_trash(self.layout, path)
+            fsops.empty_dir(self.layout.trash)
 
     def _observe(self) -> None:
         try:
