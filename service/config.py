@@ -126,16 +126,17 @@ def _shown_url(raw: str) -> str:
 
 def parse_url(name: str, raw: str) -> str:
     value = raw.strip()
+    bad_url = ConfigError(f"{name}: expected an http:// or https:// URL, got {_shown_url(raw)}")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError when the port is not a number 0-65535
     except ValueError:
-        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {_shown_url(raw)}") from None
+        raise bad_url from None
     if "@" in parts.netloc:
         raise ConfigError(f"{name}: credentials in the URL {_shown_url(raw)} are not allowed "
                           "(they would be sent instead of the token): use RELOAD_TOKEN_FILE")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {_shown_url(raw)}")
+        raise bad_url
     return value
 
 
