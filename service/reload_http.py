@@ -11,7 +11,9 @@ would fill memory. So every attempt runs on a :class:`GuardedConnection`: a watc
 ``MAX_REPLY_BYTES`` of the reply (status line, headers and body) are read, and the whole
 reply is read inside urllib3's ``getresponse``. An attempt that runs out of time is then
 a read timeout, which ``Retry`` retries like any other, and the connection is closed
-after every attempt.
+after every attempt. A reply longer than that is not read further: its status decides.
+Limits: name resolution and a TLS handshake are bounded by the per-operation timeout
+only (the reload URL is normally an address on the pod's loopback).
 
 The token never appears in a message: it is checked (:mod:`service.tokens`) before it
 goes into a header, so the HTTP stack has no reason to quote it, and every description
@@ -240,7 +242,9 @@ def _read_body(response: HTTPResponse, guard: AttemptGuard) -> bytes:
 
 def _buffered(response: HTTPResponse, body: bytes) -> HTTPResponse:
     """A response holding what was read of ``response``, for urllib3 and requests."""
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS}
+    headers = response.headers.copy()
+    for name in _DROPPED_HEADERS:  # they describe the reply as sent, not what is kept of it
+        headers.discard(name)
     return HTTPResponse(
         body=io.BytesIO(body),
         headers=headers,
