@@ -10,7 +10,9 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import string
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Harness, ReloadServer, run_cli, write_bundle
+from conftest import Harness, ReloadServer, require_tool, run_cli, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,7 @@ from service import history, tokens
 from service.config import Config, load_config
 from service.errors import ConfigError
 from service.reload import Reloader, ReloadRequest, ReloadResult
-from service.reload_http import MAX_REPLY_BYTES, describe
+from service.reload_http import MAX_REPLY_BYTES, describe, make_retry, make_session
 
 
 def promote(h: Harness, version: str) -> None:
@@ -335,7 +337,10 @@ class HostileServer:
     and bytes it managed to send; every loop ends after SERVER_LIFETIME or close().
     """
 
-    def __init__(self, reply: Callable[[], Iterator[bytes]]) -> None:
+    def __init__(
+        self, reply: Callable[[], Iterator[bytes]], tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.scheme = "https" if tls else "http"
         self.connections = 0
         self.stopping = threading.Event()
         server = self
@@ -355,11 +360,13 @@ class HostileServer:
 
         self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.tcp.daemon_threads = True
+        if tls is not None:
+            self.tcp.socket = tls.wrap_socket(self.tcp.socket, server_side=True)
         threading.Thread(target=self.tcp.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.tcp.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.tcp.server_address[1]}"
 
     def close(self) -> None:
         self.stopping.set()
@@ -368,11 +375,11 @@ class HostileServer:
 
 
 @pytest.fixture
-def hostile() -> Iterator[Callable[[str], HostileServer]]:
+def hostile() -> Iterator[Callable[..., HostileServer]]:
     servers: list[HostileServer] = []
 
-    def start(kind: str) -> HostileServer:
-        servers.append(HostileServer(REPLIES[kind]))
+    def start(kind: str, tls: ssl.SSLContext | None = None) -> HostileServer:
+        servers.append(HostileServer(REPLIES[kind], tls))
         return servers[-1]
 
     yield start
@@ -483,6 +490,60 @@ def test_verify_url_gets_are_bounded_too(
     else:  # a 200 is a confirmation, whatever follows it
         assert result.error is None
     assert len(reload_server.requests) == 1
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            require_tool("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("dribbling headers", "timeout"), ("dribbling body", "timeout"), ("endless body", None)],
+)
+def test_https_attempts_are_bounded_too(
+    kind: str,
+    reason: str | None,
+    tls_files: tuple[Path, Path],
+    make_config: Callable[..., Config],
+    hostile: Callable[..., HostileServer],
+) -> None:
+    """Over TLS the watchdog ends a dribbling reply and the byte cap holds, as over HTTP."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_files)
+    server = hostile(kind, context)
+    session = make_session(make_retry(1))
+    session.verify = str(tls_files[0])
+    config = make_config(reload_url=server.url, reload_timeout=0.5, reload_retries=1)
+    result = bounded(lambda: Reloader(config, session, sleep=no_sleep).reload(REQUEST))
+    assert (result.error and result.error.reason) == reason
+    assert result.attempts == server.connections == (2 if reason else 1)
 
 
 def test_a_dribbling_server_is_counted_as_a_timeout_by_the_pass(
