@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ConfigError
 from service.interval import DEFAULT_INTERVAL, check_interval
+from service.tokens import parse_token_setting
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -61,6 +62,10 @@ class Config:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.reload_token is not None:
             values["reload_token"] = "<redacted>"  # noqa: S105
+        for key in ("reload_url", "reload_verify_url"):
+            url = values[key]
+            if isinstance(url, str) and "@" in urlsplit(url).netloc:  # refused by load_config
+                values[key] = _shown_url(url)
         return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
@@ -114,11 +119,35 @@ def parse_choice(name: str, raw: str, choices: tuple[str, ...], upper: bool) -> 
     return value
 
 
+def _shown_url(raw: str) -> str:
+    """``raw`` for an error message, never with the user information of a URL in it."""
+    if "@" not in raw:
+        return repr(raw)
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or "@" not in parts.netloc or value.count("@") != parts.netloc.count("@"):
+        return "(not shown: it contains '@')"
+    host = parts.netloc.rpartition("@")[2]
+    return repr(urlunsplit(parts._replace(netloc="<redacted>@" + host)))
+
+
 def parse_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw.strip())
+    value = raw.strip()
+    bad_url = ConfigError(f"{name}: expected an http:// or https:// URL, got {_shown_url(raw)}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number 0-65535
+    except ValueError:
+        raise bad_url from None
+    if "@" in parts.netloc:
+        raise ConfigError(f"{name}: credentials in the URL {_shown_url(raw)} are not allowed "
+                          "(they would be sent instead of the token): use RELOAD_TOKEN_FILE")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
-    return raw.strip()
+        raise bad_url
+    return value
 
 
 def parse_path(name: str, raw: str) -> Path:
@@ -189,7 +218,7 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
     ),
     "reload_timeout": ("RELOAD_TIMEOUT", None, lambda n, r: parse_number(n, r, 0.001, 3600)),
     "reload_retries": ("RELOAD_RETRIES", None, lambda n, r: parse_int(n, r, 0, 100)),
-    "reload_token": ("RELOAD_TOKEN", None, lambda n, r: r),
+    "reload_token": ("RELOAD_TOKEN", None, parse_token_setting),
     "reload_token_file": ("RELOAD_TOKEN_FILE", None, parse_token_file),
     "reload_verify_url": ("RELOAD_VERIFY_URL", None, parse_url),
     "rollback_on_reload_failure": ("ROLLBACK_ON_RELOAD_FAILURE", None, parse_bool),

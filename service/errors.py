@@ -16,7 +16,7 @@ REJECTION_REASONS = (
     "empty_bundle",
 )
 PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error", "state_damaged")
-RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify")
+RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify", "token")
 
 
 class SidecarError(Exception):
