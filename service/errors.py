@@ -12,7 +12,7 @@ REJECTION_REASONS = (
     "version_exists",
     "empty_bundle",
 )
-PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error")
+PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error", "state_damaged")
 RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify")
 
 
@@ -60,6 +60,18 @@ class LockBusy(SidecarError):
     """Another sidecar or CLI command holds the volume's lock."""
 
     reason = "lock_busy"
+
+
+class Cancelled(SidecarError):
+    """A stop was asked while a validation or copy was in progress; nothing was lost."""
+
+    reason = "cancelled"
+
+
+class StateDamaged(SidecarError):
+    """One of the sidecar's own state files cannot be understood."""
+
+    reason = "state_damaged"
 
 
 class RollbackError(SidecarError):
