@@ -47,8 +47,7 @@ DESCRIPTIONS: dict[str, str] = {
     "reload_method": "HTTP method of the reload request: POST, PUT, PATCH or GET",
     "reload_timeout": "seconds per reload attempt, body included",
     "reload_retries": "retries of a reload after connection errors, timeouts, 429, 5xx",
-    "reload_token": "bearer token sent with the reload (never logged); not with "
-    "RELOAD_TOKEN_FILE",
+    "reload_token": "bearer token sent with the reload (never logged); not with RELOAD_TOKEN_FILE",
     "reload_token_file": "file holding the bearer token, re-read for every request",
     "reload_verify_url": "after a reload, GET until 2xx ({version} is replaced)",
     "rollback_on_reload_failure": "switch current back when the reload fails",
@@ -97,8 +96,12 @@ def default_text(key: str) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     root = default_value("models_root")
-    if isinstance(value, Path) and isinstance(root, Path) and value.parent == root \
-            and key != "models_root":
+    if (
+        isinstance(value, Path)
+        and isinstance(root, Path)
+        and value.parent == root
+        and key != "models_root"
+    ):
         return f"$MODELS_ROOT/{value.name}"
     return str(value)
 
@@ -111,8 +114,11 @@ def option_help(key: str) -> str:
 
 
 def env_only_epilog() -> str:
-    rows = [(var, default_text(key), DESCRIPTIONS.get(key, ""))
-            for key, (var, flag, _parser) in SETTINGS.items() if var and flag is None]
+    rows = [
+        (var, default_text(key), DESCRIPTIONS.get(key, ""))
+        for key, (var, flag, _parser) in SETTINGS.items()
+        if var and flag is None
+    ]
     width = max(len(f"{var}={default}") for var, default, _ in rows)
     lines = ["settings read only from the environment (VARIABLE=default):"]
     lines += [f"  {f'{var}={default}':<{width}}  {text}".rstrip() for var, default, text in rows]
@@ -128,21 +134,35 @@ def _add_setting(parser: argparse.ArgumentParser, key: str) -> None:
     help_text = option_help(key)
     if key == "watch":
         parser.add_argument(flag, dest=key, action="store_const", const="true", help=help_text)
-        parser.add_argument("--no-watch", dest=key, action="store_const", const="false",
-                            help="rely on polling alone (WATCH=false)")
+        parser.add_argument(
+            "--no-watch",
+            dest=key,
+            action="store_const",
+            const="false",
+            help="rely on polling alone (WATCH=false)",
+        )
         return
     metavar = "SECONDS" if key == "poll_override" else key.rsplit("_", 1)[-1].upper()
     parser.add_argument(flag, dest=key, metavar=metavar, help=help_text)
     if key == "reload_url":
-        parser.add_argument("--no-reload", action="store_true", default=None,
-                            help="do not ask for reloads (same as RELOAD_URL empty)")
+        parser.add_argument(
+            "--no-reload",
+            action="store_true",
+            default=None,
+            help="do not ask for reloads (same as RELOAD_URL empty)",
+        )
 
 
-def _command(sub: Any, name: str, summary: str, keys: Sequence[str],
-             epilog: str = EXIT_CODES) -> argparse.ArgumentParser:
+def _command(
+    sub: Any, name: str, summary: str, keys: Sequence[str], epilog: str = EXIT_CODES
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=summary, description=summary, epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        name,
+        help=summary,
+        description=summary,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for key in (*VOLUME, *keys, *LOGGING):
         _add_setting(parser, key)
     return parser
@@ -159,25 +179,43 @@ as environment variables.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Promote staged model bundles atomically into current.",
-        epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=PROG,
+        description="Promote staged model bundles atomically into current.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = _command(sub, "run", "the daemon (the default command)", DAEMON,
-                   f"{env_only_epilog()}\n\n{EXIT_CODES}")
+    run = _command(
+        sub,
+        "run",
+        "the daemon (the default command)",
+        DAEMON,
+        f"{env_only_epilog()}\n\n{EXIT_CODES}",
+    )
     run.add_argument("--once", action="store_true", help="run a single pass and exit")
     stage = _command(sub, "stage", "copy a bundle into staging safely, READY last", ())
     stage.add_argument("bundle_dir", metavar="BUNDLE_DIR", help="the bundle to stage")
-    stage.add_argument("--version", dest="bundle_version", metavar="V",
-                       help="the version name written into the manifest")
+    stage.add_argument(
+        "--version",
+        dest="bundle_version",
+        metavar="V",
+        help="the version name written into the manifest",
+    )
     status = _command(sub, "status", "show the volume: versions, daemon, pending work", ())
-    status.add_argument("--json", action="store_true",
-                        help="print JSON (schema forecaster-sidecar/status/v1)")
+    status.add_argument(
+        "--json", action="store_true", help="print JSON (schema forecaster-sidecar/status/v1)"
+    )
     rollback = _command(sub, "rollback", "switch current back to a kept version", ROLLBACK)
-    rollback.add_argument("target", nargs="?", metavar="VERSION",
-                          help="the version to switch to (default: the previous one)")
-    helper = sub.add_parser("help", help="show the help of a command",
-                            description="show the help of a command")
+    rollback.add_argument(
+        "target",
+        nargs="?",
+        metavar="VERSION",
+        help="the version to switch to (default: the previous one)",
+    )
+    helper = sub.add_parser(
+        "help", help="show the help of a command", description="show the help of a command"
+    )
     helper.add_argument("topic", nargs="?", metavar="COMMAND", choices=COMMANDS)
     return parser
 
@@ -185,11 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
     """Every option string, of any command, that consumes the next word."""
     flags: set[str] = set()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
         for sub in getattr(action, "choices", {}).values():
-            flags |= {s for a in sub._actions if a.nargs is None and a.option_strings  # noqa: SLF001
-                      and not isinstance(a, argparse._StoreConstAction)  # noqa: SLF001
-                      for s in a.option_strings}
+            flags |= {
+                s
+                for a in sub._actions
+                if a.nargs is None
+                and a.option_strings
+                and not isinstance(a, argparse._StoreConstAction)
+                for s in a.option_strings
+            }
     return flags
 
 
@@ -201,7 +244,7 @@ def with_command(argv: list[str], takes_value: set[str]) -> list[str]:
         word = argv[i]
         if not word.startswith("-"):
             if word in (*COMMANDS, "help"):
-                return [word, *argv[:i], *argv[i + 1:]]
+                return [word, *argv[:i], *argv[i + 1 :]]
             break
         i += 2 if word in takes_value else 1
     if any(w in ("-h", "--help", "--version") for w in argv[:i]) and "--" not in argv[:i]:
@@ -229,13 +272,31 @@ class Progress:
             from tqdm import tqdm
 
             tqdm.monitor_interval = 0  # no monitor thread for one short bar
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc="staging", file=sys.stderr, dynamic_ncols=True)
+            # A terminal of unknown size (0x0, as a fresh pty) would hide tqdm's bar.
+            sized = _columns() > 0
+            self.bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="staging",
+                file=sys.stderr,
+                dynamic_ncols=sized,
+                ncols=None if sized else 80,
+                nrows=None if sized else 24,
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except OSError:
+        return 0
 
 
 def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
@@ -244,14 +305,20 @@ def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
 
     progress = Progress() if sys.stderr.isatty() else None
     try:
-        staged = stage_bundle(Path(args.bundle_dir), Layout.from_config(config),
-                              args.bundle_version, progress=progress)
+        staged = stage_bundle(
+            Path(args.bundle_dir),
+            Layout.from_config(config),
+            args.bundle_version,
+            progress=progress,
+        )
     finally:
         if progress is not None:
             progress.close()
     version = printable(staged.version) if staged.version else "named at promotion"
-    print(f"staged {staged.files} files, {size_text(staged.total_bytes)}, version {version}, "
-          f"into {printable(str(config.staging_dir))} (root {printable(str(config.models_root))})")
+    print(
+        f"staged {staged.files} files, {size_text(staged.total_bytes)}, version {version}, "
+        f"into {printable(str(config.staging_dir))} (root {printable(str(config.models_root))})"
+    )
     return EXIT_OK
 
 
@@ -274,7 +341,10 @@ def _cmd_rollback(config: Config, args: argparse.Namespace) -> int:
 
 
 HANDLERS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "run": _cmd_run, "stage": _cmd_stage, "status": _cmd_status, "rollback": _cmd_rollback,
+    "run": _cmd_run,
+    "stage": _cmd_stage,
+    "status": _cmd_status,
+    "rollback": _cmd_rollback,
 }
 
 
@@ -288,8 +358,9 @@ def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv),
-                     os.environ if env is None else env)
+        return _main(
+            list(sys.argv[1:] if argv is None else argv), os.environ if env is None else env
+        )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -318,8 +389,9 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
     try:
         return HANDLERS[args.command](config, args)
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted{_cleaned(args.command, config)}",
-              file=sys.stderr)
+        print(
+            f"{PROG} {args.command}: interrupted{_cleaned(args.command, config)}", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

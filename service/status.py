@@ -14,29 +14,15 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from service import history, volume
+from service import history, jsonfile, volume
 from service.errors import ConfigError, SidecarError
 from service.layout import Layout
+from service.lockfile import DaemonInfo
 
 SCHEMA = "forecaster-sidecar/status/v1"
 LAST_EVENTS = 10
-
-
-class DaemonLike(Protocol):
-    """What :func:`service.lockfile.read_daemon` tells about the daemon on the volume."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def started(self) -> str: ...
-    @property
-    def reload(self) -> str | None: ...
-    @property
-    def reload_method(self) -> str | None: ...
 
 
 # -- names made safe to print ----------------------------------------------------------------
@@ -91,10 +77,8 @@ class Problem:
 
 def _read_json(path: Path, problems: list[Problem]) -> object | None:
     try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
+        return jsonfile.load_json(path)
+    except (OSError, SidecarError) as exc:
         problems.append(Problem(path, _error_text(exc)))
         return None
 
@@ -102,7 +86,7 @@ def _read_json(path: Path, problems: list[Problem]) -> object | None:
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return f"not valid JSON ({type(exc).__name__})" if isinstance(exc, ValueError) else str(exc)
+    return printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def tree_size(path: Path) -> tuple[int, int]:
@@ -132,9 +116,10 @@ def _parse_time(value: object) -> float | None:
 def _last_switch_times(events: list[history.Event]) -> dict[str, float | None]:
     times: dict[str, float | None] = {}
     for event in events:
-        if event.get("event") in history.SWITCH_EVENTS and isinstance(event.get("version"), str):
-            times.pop(event["version"], None)
-            times[event["version"]] = _parse_time(event.get("time"))
+        version = event.get("version")
+        if event.get("event") in history.SWITCH_EVENTS and isinstance(version, str):
+            times.pop(version, None)
+            times[version] = _parse_time(event.get("time"))
     return times
 
 
@@ -167,7 +152,7 @@ def _when(key: str, timestamp: float | None, now: float) -> dict[str, Any]:
     return {key: history.rfc3339(timestamp), "age_seconds": round(max(now - timestamp, 0), 3)}
 
 
-def _daemon(daemon: DaemonLike | None) -> dict[str, Any]:
+def _daemon(daemon: DaemonInfo | None) -> dict[str, Any]:
     if daemon is None:
         return {
             "running": False,
@@ -257,10 +242,13 @@ def _rejected(layout: Layout, problems: list[Problem]) -> list[dict[str, Any]]:
 
 def _events(layout: Layout, problems: list[Problem]) -> list[history.Event]:
     try:
-        return history.read_tail(layout.history)
+        read = history.read_tail_events(layout.history)
     except (OSError, SidecarError) as exc:
         problems.append(Problem(layout.history, _error_text(exc)))
         return []
+    if read.damaged:
+        problems.append(Problem(layout.history, f"{read.damaged} damaged lines skipped"))
+    return read.events
 
 
 def check_root(layout: Layout) -> None:
@@ -270,7 +258,7 @@ def check_root(layout: Layout) -> None:
         raise ConfigError(f"MODELS_ROOT: {layout.root} {what}")
 
 
-def collect(layout: Layout, now: float, daemon: DaemonLike | None) -> dict[str, Any]:
+def collect(layout: Layout, now: float, daemon: DaemonInfo | None) -> dict[str, Any]:
     """The state of the volume as the ``--json`` schema describes it."""
     check_root(layout)
     problems: list[Problem] = []
