@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -114,14 +115,13 @@ def option_help(key: str) -> str:
 
 
 def env_only_epilog() -> str:
-    rows = [
-        (var, default_text(key), DESCRIPTIONS.get(key, ""))
-        for key, (var, flag, _parser) in SETTINGS.items()
-        if var and flag is None
-    ]
-    width = max(len(f"{var}={default}") for var, default, _ in rows)
     lines = ["settings read only from the environment (VARIABLE=default):"]
-    lines += [f"  {f'{var}={default}':<{width}}  {text}".rstrip() for var, default, text in rows]
+    for key, (var, flag, _parser) in SETTINGS.items():
+        if var and flag is None:
+            lines.append(f"  {var}={default_text(key)}")
+            lines += textwrap.wrap(
+                DESCRIPTIONS.get(key, ""), 84, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
     return "\n".join(lines)
 
 
@@ -180,6 +180,7 @@ as environment variables.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        usage="%(prog)s [COMMAND] [options]   (COMMAND defaults to run)",
         description="Promote staged model bundles atomically into current.",
         epilog=MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
