@@ -302,7 +302,7 @@ def _columns() -> int:
 
 def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from service.stage import stage_bundle
-    from service.status import printable, size_text
+    from service.status import count, printable, size_text
 
     progress = Progress() if sys.stderr.isatty() else None
     try:
@@ -316,10 +316,9 @@ def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     version = printable(staged.version) if staged.version else "named at promotion"
-    print(
-        f"staged {staged.files} files, {size_text(staged.total_bytes)}, version {version}, "
-        f"into {printable(str(config.staging_dir))} (root {printable(str(config.models_root))})"
-    )
+    what = f"{count(staged.files, 'file')}, {size_text(staged.total_bytes)}, version {version}"
+    where = printable(str(config.staging_dir))
+    print(f"staged {what}, into {where} (root {printable(str(config.models_root))})")
     return EXIT_OK
 
 

@@ -297,6 +297,10 @@ def size_text(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def age_text(seconds: float) -> str:
     seconds = int(seconds)
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -332,7 +336,7 @@ def _version_lines(state: dict[str, Any], now: float) -> list[str]:
         promoted = time_text(row["promoted"], now) if row["promoted"] else "not in history"
         lines.append(
             f"  {mark} {printable(row['name']):<{width}}  {promoted}, "
-            f"{size_text(row['size_bytes'])} in {row['files']} files"
+            f"{size_text(row['size_bytes'])} in {count(row['files'], 'file')}"
         )
     return lines
 
@@ -388,7 +392,7 @@ def _pending_line(state: dict[str, Any], now: float) -> str:
 def _staging_line(state: dict[str, Any]) -> str:
     staging = state["staging"]
     where = printable(state["staging_dir"])
-    size = f"{staging['files']} files, {size_text(staging['size_bytes'])}"
+    size = f"{count(staging['files'], 'file')}, {size_text(staging['size_bytes'])}"
     if staging["state"] == "ready":
         version = staging["version"]
         named = f"version {printable(version)}" if version else "version named at promotion"
