@@ -396,6 +396,9 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (SidecarError, OSError) as exc:
         print(f"{PROG} {args.command}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
