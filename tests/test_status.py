@@ -284,7 +284,8 @@ def test_json_schema_is_pinned(models: Path, reload_server: ReloadServer) -> Non
         assert set(_at(state, path)) == keys, path
     assert state["current"] == {"version": "v2", "link": "version"}
     assert [v["name"] for v in state["versions"]] == ["v1", "v2"]
-    assert [r["reason"] for r in state["rejected"]] == [None, "empty_bundle"]  # by time, unknown first
+    # rejected bundles by time, unknown time first
+    assert [r["reason"] for r in state["rejected"]] == [None, "empty_bundle"]
     assert state["interrupted"] is True
 
 
