@@ -18,10 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.errors import ConfigError
+from service.interval import DEFAULT_INTERVAL, check_interval
 
-MIN_INTERVAL = 1.0
-MAX_INTERVAL = 86400.0
-DEFAULT_INTERVAL = 30.0
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("auto", "text", "json")
@@ -94,7 +92,14 @@ def parse_int(name: str, raw: str, low: int, high: int) -> int:
 
 
 def parse_interval(name: str, raw: str) -> float:
-    return parse_number(name, raw, MIN_INTERVAL, MAX_INTERVAL)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    try:
+        return check_interval(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def parse_choice(name: str, raw: str, choices: tuple[str, ...], upper: bool) -> str:

@@ -78,3 +78,15 @@ class RollbackError(SidecarError):
     """A rollback could not be done (no such version, nothing to roll back to)."""
 
     reason = "rollback"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a log or an error message: for an OSError, what
+    failed and on which path; never more than the first line of a message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        return f"{exc.strerror}: {' -> '.join(paths)}" if paths else exc.strerror
+    if isinstance(exc, SidecarError):
+        return exc.detail.splitlines()[0] if exc.detail else exc.reason
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -136,8 +136,7 @@ def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
 
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
-        for line in fh:
-            yield line
+        yield from fh
 
 
 def repair(path: Path, now: float) -> Path:

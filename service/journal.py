@@ -69,8 +69,17 @@ class Rollback:
 Intent = Promote | Reject | Adopt | Rollback
 
 
+def to_json(intent: Intent) -> dict[str, object]:
+    """The journal's on-disk form: one flat object (the format of earlier releases)."""
+    record = asdict(intent)
+    claim = record.pop("claim", None)
+    if isinstance(claim, dict):
+        record.update(claim)
+    return record
+
+
 def write(path: Path, intent: Intent) -> None:
-    fsops.atomic_write_json(path, asdict(intent))
+    fsops.atomic_write_json(path, to_json(intent))
 
 
 def read(path: Path) -> Intent | None:
@@ -88,7 +97,7 @@ def _field(raw: dict[str, object], key: str, kind: type) -> object:
     value = raw[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TypeError(f"{key} is not a {kind.__name__}")
     return value
 
@@ -103,9 +112,7 @@ def _name(raw: dict[str, object], key: str, optional: bool = False) -> str | Non
     return value
 
 
-def _claim(raw: object) -> Claim:
-    if not isinstance(raw, dict):
-        raise TypeError("claim is not an object")
+def _claim(raw: dict[str, object]) -> Claim:
     ready = raw.get("ready")
     if ready is not None:
         if not (isinstance(ready, list) and len(ready) == 2
@@ -129,13 +136,13 @@ def _parse(raw: object) -> Intent:
     name = _name(raw, "name")
     assert name is not None
     if action == "promote":
-        return Promote(name, _name(raw, "previous", True), _claim(raw.get("claim")), when)
+        return Promote(name, _name(raw, "previous", True), _claim(raw), when)
     if action == "reject":
         reason, detail = raw.get("reason"), _field(raw, "detail", str)
         if reason not in REJECTION_REASONS:
             raise ValueError("reason is not a rejection reason")
         assert isinstance(reason, str) and isinstance(detail, str)
-        return Reject(name, reason, detail, _claim(raw.get("claim")), when)
+        return Reject(name, reason, detail, _claim(raw), when)
     if action == "adopt":
         return Adopt(name, when)
     if action == "rollback":

@@ -36,8 +36,9 @@ class DaemonInfo:
 class DaemonLock:
     """The daemon's claim on the volume, kept open for the daemon's lifetime."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, info: DaemonInfo) -> None:
         self.path = path
+        self.info = info
         self.fd: int | None = None
 
     def acquire(self, info: DaemonInfo) -> DaemonInfo | None:

@@ -2,7 +2,9 @@
 
 One interval job with ``max_instances=1`` and ``coalesce``; after every pass an event
 listener reschedules the job when the resolved interval changed (SPEC section 5).
-SIGTERM and SIGINT stop the scheduler; a pass in progress finishes first. When idle,
+SIGTERM, SIGINT and SIGHUP stop the scheduler: a validation in progress is abandoned (its
+claim undone, safe before the journal); a promotion past its journal finishes first,
+which is quick. When idle,
 every thread (scheduler, worker, metrics server, inotify watch) is blocked in the kernel
 with no periodic wake-ups.
 """
@@ -23,7 +25,9 @@ from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from service.jobs.promote import Promoter
+from service.lockfile import DaemonLock
 from service.metrics import Health, Metrics
+from service.progress import Progress
 from service.watch import Watch
 
 log = logging.getLogger(__name__)
@@ -32,8 +36,11 @@ JOB_ID = "promote"
 
 class Daemon:
     def __init__(self, promoter: Promoter, metrics: Metrics, health: Health,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], progress: Progress | None = None,
+                 lock: DaemonLock | None = None) -> None:
         self.promoter = promoter
+        self.progress = progress or promoter.progress
+        self.lock = lock
         self.metrics = metrics
         self.health = health
         self.clock = clock
@@ -51,6 +58,8 @@ class Daemon:
     def poll(self) -> float:
         """The scheduled job: one pass; returns the interval resolved after it."""
         result = self.promoter.run_pass()
+        if self.lock is not None and not self.lock.held:
+            self.lock.acquire(self.lock.info)  # the other daemon may have gone
         self.health.last_poll = self.clock()
         self.health.ready = True
         if self.watch is not None:
@@ -82,8 +91,8 @@ class Daemon:
             log.debug("cannot wake the job: %r", exc)
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping after the pass in progress",
-                 signal.Signals(signum).name)
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.progress.stop()
         with contextlib.suppress(SchedulerNotRunningError):
             self.scheduler.shutdown(wait=False)
 
@@ -105,7 +114,10 @@ class Daemon:
         return 0
 
 
-def install_signal_handlers(handler: Any) -> Any:
-    previous = signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return previous
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def install_signal_handlers(handler: Any) -> dict[int, Any]:
+    """Install handler (or a mapping signal -> handler); the previous handlers."""
+    return {sig: signal.signal(sig, handler[sig] if isinstance(handler, dict) else handler)
+            for sig in STOP_SIGNALS}

@@ -10,9 +10,11 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from service import fsops
 from service.layout import Layout
@@ -20,11 +22,14 @@ from service.layout import Layout
 STRAY_PREFIX = "copy-"
 
 
+LinkKind = Literal["absent", "version", "directory", "broken"]
+
+
 @dataclass(frozen=True)
 class LinkState:
     """What CURRENT_LINK is: ``absent``, ``version`` (name set), ``directory``, ``broken``."""
 
-    kind: str
+    kind: LinkKind
     name: str | None = None
 
 
@@ -73,7 +78,13 @@ class ReadyMark:
             st = path.lstat()
         except FileNotFoundError:
             return None
-        return cls(st.st_ino, st.st_mtime_ns)
+        # A directory's mtime changes with its entries: its inode alone identifies it.
+        return cls(st.st_ino, 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns)
+
+
+def ready_present(layout: Layout) -> bool:
+    """READY in any form: a file, a symlink (even dangling), a directory."""
+    return os.path.lexists(layout.ready)
 
 
 def staged_entries(layout: Layout) -> list[str]:
@@ -146,7 +157,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
         path = layout.staging / name
         if os.path.lexists(path):
             fsops.remove_entry(path)
-    layout.ready.unlink()
+    fsops.remove_entry(layout.ready)  # READY as a directory must not wedge the pass
     fsops.fsync_dir(layout.staging)
 
 
@@ -162,6 +173,23 @@ def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
 def move_to_trash(layout: Layout, path: Path) -> None:
     os.rename(path, layout.trash / f"{path.name}-{secrets.token_hex(4)}")
     fsops.fsync_dir(path.parent)
+
+
+def stray_entries(path: Path) -> list[str]:
+    """Entries of versions/ or rejected/ that are not real directories."""
+    try:
+        return sorted(e.name for e in os.scandir(path) if not e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def move_stray(layout: Layout, parent: Path, name: str, stamp: str) -> Path:
+    """Move a stray entry out of versions/ or rejected/, kept for inspection."""
+    layout.stray.mkdir(exist_ok=True)
+    target = layout.stray / f"{parent.name}-{name}-{stamp}"
+    os.rename(parent / name, target)
+    fsops.fsync_dir(parent)
+    return target
 
 
 def list_dirs(path: Path) -> list[str]:

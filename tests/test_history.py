@@ -84,4 +84,3 @@ def test_interval_precedence() -> None:
     assert resolve_interval(5, 10, 20) == 5
     assert resolve_interval(None, 10, 20) == 10
     assert resolve_interval(None, None, 20) == 20
-    assert resolve_interval(None, None, None) == 30
