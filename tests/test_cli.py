@@ -38,7 +38,8 @@ def test_stage_writes_files_manifest_with_checksums_and_ready(bundle: Path, mode
     assert manifest["sidecar"] == {"poll_interval_seconds": 9}
     assert manifest["files"] == {
         "model.onnx": {"sha256": sha256(b"onnx-bytes"), "size": 10},
-        "sub/vocab.txt": {"sha256": sha256(b"a\nb\n"), "size": 4}}
+        "sub/vocab.txt": {"sha256": sha256(b"a\nb\n"), "size": 4},
+    }
     assert (staging / "READY").exists()
 
 
@@ -78,8 +79,9 @@ def test_stage_then_once_promotes(bundle: Path, models: Path) -> None:
 # -- stage on a terminal ----------------------------------------------------------------------
 
 
-def run_in_pty(args: list[str], env: dict[str, str], interrupt_at: bytes | None = None,
-               deadline: float = 120) -> tuple[int, str]:
+def run_in_pty(
+    args: list[str], env: dict[str, str], interrupt_at: bytes | None = None, deadline: float = 120
+) -> tuple[int, str]:
     """Run the CLI on a real pseudo-terminal (100x24, its controlling terminal); type
     Ctrl-C once the output matches ``interrupt_at``. The exit code and all output."""
     pid, fd = pty.fork()
@@ -123,8 +125,9 @@ def test_stage_on_a_terminal_shows_progress_and_a_final_line(models: Path, tmp_p
     assert code == 0, out
     assert re.search(r"staging: 100%\|.*\| 16\.0M/16\.0M \[\d\d:\d\d<\d\d:\d\d, .*B/s\]", out), out
     final = out.replace("\r", "").strip().splitlines()[-1]
-    assert final == (f"staged 2 files, 16.0 MiB, version v1, into {models / 'staging'}"
-                     f" (root {models})"), out
+    assert final == (
+        f"staged 2 files, 16.0 MiB, version v1, into {models / 'staging'} (root {models})"
+    ), out
 
 
 def test_stage_without_a_terminal_prints_no_progress(bundle: Path, models: Path) -> None:
@@ -138,8 +141,11 @@ def test_stage_without_a_terminal_prints_no_progress(bundle: Path, models: Path)
 def test_ctrl_c_during_stage_cleans_up_and_exits_130(models: Path, tmp_path: Path) -> None:
     """Ctrl-C while stage copies: exit 130, one line and no traceback, staging left empty."""
     src = _big_bundle(tmp_path / "big", 16, 64 * 1024 * 1024)
-    code, out = run_in_pty(["stage", str(src), "--version", "v1"], base_env(models),
-                           interrupt_at=rb"staging:\s+[1-9]\d*%")
+    code, out = run_in_pty(
+        ["stage", str(src), "--version", "v1"],
+        base_env(models),
+        interrupt_at=rb"staging:\s+[1-9]\d*%",
+    )
     assert code == 130, out
     assert "Traceback" not in out
     assert f"stage: interrupted; {models / 'staging'} was left empty" in out
@@ -154,9 +160,15 @@ def test_the_progress_library_is_not_imported_without_a_terminal(
     import subprocess
 
     argv = [str(bundle) if a == "BUNDLE" else a for a in args]
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "service", *argv],
-                         env=base_env(models), cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "service", *argv],
+        env=base_env(models),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "| service.cli" in out.stderr
     assert "tqdm" not in out.stderr
@@ -200,7 +212,11 @@ def test_rollback_defaults_to_the_previous_version(models: Path) -> None:
     assert os.readlink(models / "current") == "versions/v1"
     last = json.loads((models / ".sidecar" / "history.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["version"], last["previous"], last["trigger"]) == (
-        "rolled_back", "v1", "v2", "manual")
+        "rolled_back",
+        "v1",
+        "v2",
+        "manual",
+    )
 
 
 def test_rollback_twice_toggles(models: Path) -> None:
@@ -255,8 +271,13 @@ def test_sidecar_sh_passes_arguments_through(models: Path) -> None:
     from conftest import ROOT
 
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
-    out = subprocess.run([str(ROOT / "sidecar" / "sidecar.sh"), "--once", "--no-reload"],
-                         env=base_env(models), capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [str(ROOT / "sidecar" / "sidecar.sh"), "--once", "--no-reload"],
+        env=base_env(models),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert os.readlink(models / "current") == "versions/v1"

@@ -12,8 +12,14 @@ from conftest import base_env, run_cli, write_bundle
 from service.config import SETTINGS
 
 COMMANDS = ("run", "stage", "status", "rollback")
-DAEMON_ONLY = ("--poll-interval", "--metrics-addr", "--metrics-port", "--watch", "--no-watch",
-               "--once")
+DAEMON_ONLY = (
+    "--poll-interval",
+    "--metrics-addr",
+    "--metrics-port",
+    "--watch",
+    "--no-watch",
+    "--once",
+)
 
 
 def _help(*args: str) -> str:
@@ -38,14 +44,14 @@ def test_options_before_the_command_work(models: Path) -> None:
     after = run_cli("status", "--models-root", str(models), env=env)
     assert before.returncode == 0, before.stderr
     assert f"root:      {models}" in before.stdout
-    assert re.sub(r"\(\d+ s ago\)", "", before.stdout) == re.sub(r"\(\d+ s ago\)", "",
-                                                                 after.stdout)
+    assert re.sub(r"\(\d+ s ago\)", "", before.stdout) == re.sub(r"\(\d+ s ago\)", "", after.stdout)
 
 
 def test_default_command_is_run_with_options_first(models: Path) -> None:
     """`--models-root X --once` runs one pass of the daemon on X (exit 0)."""
-    out = run_cli("--models-root", str(models), "--once", "--no-reload",
-                  env=base_env(Path("/nonexistent")))
+    out = run_cli(
+        "--models-root", str(models), "--once", "--no-reload", env=base_env(Path("/nonexistent"))
+    )
     assert out.returncode == 0, out.stderr
     assert (models / "staging").is_dir()
 
@@ -99,8 +105,9 @@ def test_every_option_shows_its_variable_and_default(command: str) -> None:
     for key, (var, flag, _parser) in SETTINGS.items():
         if flag is None or flag not in _options(_help(command, "--help")):
             continue
-        source = f"env {var}, default {default_text(key)}" if var else \
-            f"default {default_text(key)}"
+        source = (
+            f"env {var}, default {default_text(key)}" if var else f"default {default_text(key)}"
+        )
         assert f"({source})" in text, flag
 
 

@@ -42,8 +42,9 @@ def _record(message: str, fields: dict[str, object] | None = None) -> logging.Lo
 
 def test_json_fields_are_top_level_keys() -> None:
     """Fields passed as extra={"fields": ...} become top-level keys of the JSON line."""
-    line = JsonFormatter().format(_record("hello", {"models_root": "/m", "keep_versions": 3,
-                                                    "reload_url": None}))
+    line = JsonFormatter().format(
+        _record("hello", {"models_root": "/m", "keep_versions": 3, "reload_url": None})
+    )
     entry = json.loads(line)
     assert entry["message"] == "hello"
     assert (entry["models_root"], entry["keep_versions"], entry["reload_url"]) == ("/m", 3, None)
@@ -51,21 +52,19 @@ def test_json_fields_are_top_level_keys() -> None:
 
 def test_json_fields_never_replace_the_standard_keys() -> None:
     """A field named like a standard key (message, level) does not overwrite it."""
-    entry = json.loads(JsonFormatter().format(_record("real", {"message": "fake",
-                                                               "level": "x"})))
+    entry = json.loads(JsonFormatter().format(_record("real", {"message": "fake", "level": "x"})))
     assert (entry["message"], entry["level"]) == ("real", "info")
 
 
 def test_text_fields_are_key_value_pairs_without_reprs() -> None:
     """In text, fields follow the message as key=value; None is null, not a Python repr."""
-    line = TextFormatter().format(_record("hello", {"a": "plain", "b": None, "c": "two words",
-                                                    "d": False, "e": 1.5}))
+    line = TextFormatter().format(
+        _record("hello", {"a": "plain", "b": None, "c": "two words", "d": False, "e": 1.5})
+    )
     assert line.endswith(' hello a=plain b=null c="two words" d=false e=1.5')
 
 
-def test_scheduler_skipped_run_warning_never_reaches_the_log(
-    captured: Callable[[], str]
-) -> None:
+def test_scheduler_skipped_run_warning_never_reaches_the_log(captured: Callable[[], str]) -> None:
     """A real APScheduler that skips a run (max_instances reached) logs nothing about it,
     while its other warnings still get through."""
     from apscheduler.events import EVENT_JOB_MAX_INSTANCES
@@ -79,8 +78,9 @@ def test_scheduler_skipped_run_warning_never_reaches_the_log(
         started.set()
         release.wait(30)
 
-    scheduler.add_job(job, "interval", seconds=3600, id="j", max_instances=1,
-                      next_run_time=datetime.now(UTC))
+    scheduler.add_job(
+        job, "interval", seconds=3600, id="j", max_instances=1, next_run_time=datetime.now(UTC)
+    )
     scheduler.start()
     try:
         assert started.wait(10)
@@ -102,16 +102,21 @@ def _config(**overrides: object) -> Config:
 def test_start_line_with_the_defaults() -> None:
     """The default configuration reads as one sentence."""
     line, _fields = start_message(_config(), "v1")
-    assert line == ("watching /models/staging, polling every 30 s, current v1, reloading POST "
-                    "http://127.0.0.1:8000/reload, metrics on 0.0.0.0:9177")
+    assert line == (
+        "watching /models/staging, polling every 30 s, current v1, reloading POST "
+        "http://127.0.0.1:8000/reload, metrics on 0.0.0.0:9177"
+    )
 
 
 def test_start_line_when_things_are_off() -> None:
     """No watch, no reload, no metrics server and no current version are said in words."""
-    line, _fields = start_message(_config(watch=False, reload_url=None, metrics_port=0,
-                                          poll_override=5.0), None)
-    assert line == ("polling /models/staging every 5 s, no current version, reloading "
-                    "disabled, metrics disabled")
+    line, _fields = start_message(
+        _config(watch=False, reload_url=None, metrics_port=0, poll_override=5.0), None
+    )
+    assert line == (
+        "polling /models/staging every 5 s, no current version, reloading "
+        "disabled, metrics disabled"
+    )
     assert "None" not in line
 
 
@@ -138,9 +143,10 @@ def test_daemon_logs_the_start_line_with_fields_in_json(
     daemon.wait_ready()
     wait_for(lambda: "watching" in daemon.log(), what="the start line")
     assert daemon.stop() == 0
-    entry = next(json.loads(line) for line in daemon.log().splitlines()
-                 if "watching" in line)
-    assert entry["message"].startswith(f"watching {models / 'staging'}, polling every 60 s, "
-                                       "no current version, reloading disabled, metrics on")
+    entry = next(json.loads(line) for line in daemon.log().splitlines() if "watching" in line)
+    assert entry["message"].startswith(
+        f"watching {models / 'staging'}, polling every 60 s, "
+        "no current version, reloading disabled, metrics on"
+    )
     assert entry["models_root"] == str(models)
     assert entry["poll_override"] == 60

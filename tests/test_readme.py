@@ -22,7 +22,7 @@ def _section(title: str) -> str:
     text = README.read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def _code(cell: str) -> list[str]:
@@ -46,11 +46,14 @@ def _help_defaults() -> dict[str, str]:
     """Setting name (variable, or flag when it has none) -> default, as `run --help` says."""
     out = run_cli("run", "--help", env=base_env(Path("/nonexistent")))
     text = re.sub(r"\s+", " ", out.stdout)
-    found = {var: default for var, default in re.findall(r"\(env ([A-Z_]+), default (\S+?)\)",
-                                                          text)}
+    found = {
+        var: default for var, default in re.findall(r"\(env ([A-Z_]+), default (\S+?)\)", text)
+    }
     found |= dict(re.findall(r"(?m)^  ([A-Z_]+)=(\S+)$", out.stdout))
-    found |= {flag: default for flag, default in re.findall(
-        r"(--[a-z-]+) [A-Z]+ [^()]*\(default (\S+?)\)", text)}
+    found |= {
+        flag: default
+        for flag, default in re.findall(r"(--[a-z-]+) [A-Z]+ [^()]*\(default (\S+?)\)", text)
+    }
     return found
 
 
@@ -93,8 +96,11 @@ def _quick_start() -> list[str]:
 def _fresh_env() -> dict[str, str]:
     """A user's shell in the clone: none of the sidecar's variables, uv finds the project."""
     variables = {var for var, _flag, _parser in SETTINGS.values() if var}
-    env = {k: v for k, v in os.environ.items()
-           if k not in variables and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in variables and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }
     env["UV_PROJECT"] = str(ROOT)  # as `cd` into the clone would; the commands run in tmp
     return env
 
@@ -113,12 +119,26 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     try:
         for line in _quick_start():
             if line.endswith("&"):
-                background.append(subprocess.Popen(
-                    ["bash", "-c", line[:-1]], cwd=tmp_path, env=env, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                background.append(
+                    subprocess.Popen(
+                        ["bash", "-c", line[:-1]],
+                        cwd=tmp_path,
+                        env=env,
+                        start_new_session=True,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    )
+                )
                 continue
-            out = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, text=True,
-                                 capture_output=True, timeout=120, check=False)
+            out = subprocess.run(
+                ["bash", "-c", line],
+                cwd=tmp_path,
+                env=env,
+                text=True,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
             assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
             for proc in background:
                 assert proc.poll() is None, f"the background command exited: {proc.stderr}"

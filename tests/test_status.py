@@ -17,8 +17,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 UTC_AGE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \((?:\d+ (?:d|h|min) )?(?:\d+ (?:h|min|s) )?ago\)"
-LINE_PREFIXES = ("root:", "current:", "versions:", "  ", "daemon:", "reloading:", "reload:",
-                 "staging:", "rejected:", "damaged:", "interrupted:", "last events")
+LINE_PREFIXES = (
+    "root:",
+    "current:",
+    "versions:",
+    "  ",
+    "daemon:",
+    "reloading:",
+    "reload:",
+    "staging:",
+    "rejected:",
+    "damaged:",
+    "interrupted:",
+    "last events",
+)
 
 
 def _promote(models: Path, *versions: str, **env: str) -> dict[str, str]:
@@ -90,8 +102,11 @@ def test_pending_reload_and_its_failure_are_shown(
     reload_server.default = 500
     _promote(models, "v1", RELOAD_URL=reload_server.url, RELOAD_RETRIES="0")
     text = _status(models).stdout
-    assert re.search(rf"(?m)^reload:    pending for v1 since {UTC_AGE}; "
-                     rf"last attempt failed \(http_status\) at {UTC_AGE}$", text), text
+    assert re.search(
+        rf"(?m)^reload:    pending for v1 since {UTC_AGE}; "
+        rf"last attempt failed \(http_status\) at {UTC_AGE}$",
+        text,
+    ), text
     pending = _json(models)["pending_reload"]
     assert (pending["version"], pending["last_failure"]["reason"]) == ("v1", "http_status")
 
@@ -100,8 +115,9 @@ def test_ready_bundle_is_shown_as_waiting(models: Path) -> None:
     """A staged bundle with READY is reported as waiting, with its size and version."""
     write_bundle(models / "staging", {"m": b"abc"}, version="v9")
     text = _status(models).stdout
-    assert re.search(r"(?m)^staging:   .*: READY bundle waiting \(2 files, \d+ B, version v9\)$",
-                     text), text
+    assert re.search(
+        r"(?m)^staging:   .*: READY bundle waiting \(2 files, \d+ B, version v9\)$", text
+    ), text
     assert _json(models)["staging"]["state"] == "ready"
 
 
@@ -109,8 +125,9 @@ def test_staging_without_ready_is_a_producer_writing(models: Path) -> None:
     """Files in staging without READY are reported as a producer at work."""
     write_bundle(models / "staging", {"part-1": b"x", "part-2": b"y"}, ready=False)
     text = _status(models).stdout
-    assert re.search(r"(?m)^staging:   .*: 3 entries without READY .*a producer is writing$",
-                     text), text
+    assert re.search(
+        r"(?m)^staging:   .*: 3 entries without READY .*a producer is writing$", text
+    ), text
     assert _json(models)["staging"]["state"] == "writing"
 
 
@@ -133,7 +150,10 @@ def test_a_running_daemon_is_named_with_its_reload_url(
     assert f"\nreloading: POST {reload_server.url}\n" in text
     state = _json(models)["daemon"]
     assert (state["running"], state["pid"], state["reload"]["url"]) == (
-        True, daemon.proc.pid, reload_server.url)
+        True,
+        daemon.proc.pid,
+        reload_server.url,
+    )
     assert daemon.stop() == 0
 
 
@@ -175,11 +195,30 @@ def test_history_that_is_a_directory_is_reported(models: Path) -> None:
 
 # -- hostile names ------------------------------------------------------------------------------
 
-PIECES = [b"\x1b[31m", b"\x1b]0;title\x07", b"\n", b"\r", b"\t", b"\xff", b"\xc3", b"\x7f",
-          b"\xe2\x80\xae", b"\\", b" ", b"v", b"\xc2\x9b"]
-NAMES = st.lists(st.one_of(st.sampled_from(PIECES), st.binary(min_size=1, max_size=4)),
-                 min_size=1, max_size=6).map(b"".join).filter(
-    lambda n: b"/" not in n and b"\x00" not in n and n not in (b".", b".."))
+PIECES = [
+    b"\x1b[31m",
+    b"\x1b]0;title\x07",
+    b"\n",
+    b"\r",
+    b"\t",
+    b"\xff",
+    b"\xc3",
+    b"\x7f",
+    b"\xe2\x80\xae",
+    b"\\",
+    b" ",
+    b"v",
+    b"\xc2\x9b",
+]
+NAMES = (
+    st.lists(
+        st.one_of(st.sampled_from(PIECES), st.binary(min_size=1, max_size=4)),
+        min_size=1,
+        max_size=6,
+    )
+    .map(b"".join)
+    .filter(lambda n: b"/" not in n and b"\x00" not in n and n not in (b".", b".."))
+)
 
 
 def _hostile_volume(root: Path, name: bytes) -> None:
@@ -198,12 +237,18 @@ def _hostile_volume(root: Path, name: bytes) -> None:
         json.dump({"reason": detail, "detail": detail, "time": detail}, fh)
     with open(os.path.join(broot, b"staging", name), "wb") as fh:
         fh.write(b"partial")
-    events = [{"event": "promoted", "time": "2026-12-01T00:00:00Z", "version": "plain"},
-              {"event": "promoted", "time": detail, "version": detail, "previous": detail},
-              {"event": "reload", "time": "2026-12-01T00:00:01Z", "version": text,
-               "outcome": "failure", "reason": detail}]
-    lines = [json.dumps(e, ensure_ascii=False).encode("utf-8", "surrogateescape")
-             for e in events]
+    events = [
+        {"event": "promoted", "time": "2026-12-01T00:00:00Z", "version": "plain"},
+        {"event": "promoted", "time": detail, "version": detail, "previous": detail},
+        {
+            "event": "reload",
+            "time": "2026-12-01T00:00:01Z",
+            "version": text,
+            "outcome": "failure",
+            "reason": detail,
+        },
+    ]
+    lines = [json.dumps(e, ensure_ascii=False).encode("utf-8", "surrogateescape") for e in events]
     with open(os.path.join(broot, b".sidecar", b"history.jsonl"), "wb") as fh:
         fh.write(b"\n".join(lines) + b"\n")
     with open(os.path.join(broot, b".sidecar", b"reload-pending.json"), "wb") as fh:
@@ -219,8 +264,14 @@ def test_hostile_names_are_escaped(name: bytes) -> None:
         root = Path(tmp) / "models"
         _hostile_volume(root, name)
         env = base_env(root)
-        out = subprocess.run([sys.executable, "-m", "service", "status"], env=env, cwd=ROOT,
-                             capture_output=True, timeout=60, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "service", "status"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr
         text = out.stdout.decode("utf-8")  # strict: nothing undecodable is printed
         assert text.endswith("\n")
@@ -228,11 +279,20 @@ def test_hostile_names_are_escaped(name: bytes) -> None:
             assert line.isprintable(), repr(line)
             assert line == line.rstrip(), repr(line)
             assert line.startswith(LINE_PREFIXES), repr(line)
-        raw = subprocess.run([sys.executable, "-m", "service", "status", "--json"], env=env,
-                             cwd=ROOT, capture_output=True, timeout=60, check=False)
+        raw = subprocess.run(
+            [sys.executable, "-m", "service", "status", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         state = json.loads(raw.stdout.decode("utf-8"))
-        expected = name.decode("utf-8", "surrogateescape").encode(
-            "utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        expected = (
+            name.decode("utf-8", "surrogateescape")
+            .encode("utf-8", "surrogateescape")
+            .decode("utf-8", "backslashreplace")
+        )
         assert state["current"]["version"] == expected
         assert expected in [v["name"] for v in state["versions"]]
 
@@ -240,9 +300,23 @@ def test_hostile_names_are_escaped(name: bytes) -> None:
 # -- the JSON schema ------------------------------------------------------------------------------
 
 SCHEMA_KEYS: dict[str, set[str]] = {
-    "": {"schema", "time", "root", "staging_dir", "current_link", "current", "previous",
-         "versions", "daemon", "pending_reload", "staging", "rejected", "interrupted",
-         "last_events", "problems"},
+    "": {
+        "schema",
+        "time",
+        "root",
+        "staging_dir",
+        "current_link",
+        "current",
+        "previous",
+        "versions",
+        "daemon",
+        "pending_reload",
+        "staging",
+        "rejected",
+        "interrupted",
+        "last_events",
+        "problems",
+    },
     "current": {"version", "link"},
     "versions[]": {"name", "current", "promoted", "age_seconds", "files", "size_bytes"},
     "daemon": {"running", "pid", "host", "started", "reload"},
@@ -269,7 +343,8 @@ def _full_volume(models: Path, reload_server: ReloadServer) -> None:
     run_cli("--once", env=base_env(models))
     write_bundle(models / "staging", {"m": b"3"}, version="v3")
     (models / ".sidecar" / "reload-pending.json").write_text(
-        json.dumps({"version": "v2", "path": "x", "previous": "v1"}))
+        json.dumps({"version": "v2", "path": "x", "previous": "v1"})
+    )
     (models / ".sidecar" / "intent.json").write_bytes(b"garbage")
     (models / "rejected" / "r9").mkdir()
     (models / "rejected" / "r9" / "REJECTION.json").write_bytes(b"{")
