@@ -79,7 +79,8 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     if config.watch:
         from service.watch import start_watch
 
-        watcher = daemon.watch = start_watch(promoter.layout.staging, daemon.wake)
+        watcher = daemon.watch = start_watch(layout.staging, layout.state, daemon.wake,
+                                             daemon.wake_for_command)
     try:
         return daemon.run()
     finally:

@@ -301,9 +301,11 @@ def _columns() -> int:
 
 
 def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
+    from service.placement import check_volume
     from service.stage import stage_bundle
     from service.status import count, printable, size_text
 
+    check_volume(config, create=False)
     progress = Progress() if sys.stderr.isatty() else None
     try:
         staged = stage_bundle(
@@ -327,7 +329,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     from service.status import check_root, collect, render_text
 
     layout = Layout.from_config(config)
-    check_root(layout)
+    check_root(layout)  # not placement.check_volume: status needs read access only
     now = time.time()
     state = collect(layout, now, read_daemon(layout))
     print(json.dumps(state, indent=2, sort_keys=True) if args.json else render_text(state, now))

@@ -90,6 +90,7 @@ class Promoter:
         self.delivery = ReloadDelivery(self.layout, reloader, metrics, self._now,
                                        self._damaged, retried_later, record_pending)
         self.pass_lock = threading.Lock()
+        self.changing = threading.Event()  # set while the pass holds the volume lock
         self._current: str | None = _UNKNOWN
         self._manifest_interval: float | None = None
         self._history_offset: int | None = None
@@ -114,7 +115,11 @@ class Promoter:
         try:
             volume.ensure_dirs(self.layout)
             with fsops.volume_lock(self.layout.lock, wait):
-                return self._locked_pass()
+                self.changing.set()
+                try:
+                    return self._locked_pass()
+                finally:
+                    self.changing.clear()
         except LockBusy as exc:
             log.info("skipping this pass: %s", exc.detail)
             return PassResult("busy")
