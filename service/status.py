@@ -253,9 +253,14 @@ def _events(layout: Layout, problems: list[Problem]) -> list[history.Event]:
 
 def check_root(layout: Layout) -> None:
     """status never creates the volume: a missing root is a configuration error."""
-    if not layout.root.is_dir():
-        what = "does not exist" if not os.path.lexists(layout.root) else "is not a directory"
-        raise ConfigError(f"MODELS_ROOT: {layout.root} {what}")
+    root = layout.root
+    if not root.exists():
+        raise ConfigError(
+            f"MODELS_ROOT {root} does not exist (only the daemon creates it; "
+            f"is --models-root right?)"
+        )
+    if not root.is_dir():
+        raise ConfigError(f"MODELS_ROOT {root} is not a directory")
 
 
 def collect(layout: Layout, now: float, daemon: DaemonInfo | None) -> dict[str, Any]:
