@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog=PROG)
     run = _command(
         sub,
         "run",
@@ -223,18 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
     """Every option string, of any command, that consumes the next word."""
-    flags: set[str] = set()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        for sub in getattr(action, "choices", {}).values():
-            flags |= {
-                s
-                for a in sub._actions
-                if a.nargs is None
-                and a.option_strings
-                and not isinstance(a, argparse._StoreConstAction)
-                for s in a.option_strings
-            }
-    return flags
+    return {
+        flag
+        for sub in _subparsers(parser).values()
+        for action in sub._actions
+        if action.nargs is None and not isinstance(action, argparse._StoreConstAction)
+        for flag in action.option_strings
+    }
 
 
 def with_command(argv: list[str], takes_value: set[str]) -> list[str]:
@@ -368,10 +363,27 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_INTERRUPTED
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with an unknown option reported by the command's own parser (its
+    usage lists the options it does take)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def _main(argv: list[str], env: Mapping[str, str]) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(with_command(argv, _takes_value(parser)))
+        args = _parse(parser, with_command(argv, _takes_value(parser)))
         if args.command == "help":
             return _help(parser, args.topic)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
