@@ -50,6 +50,11 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "auto"
     watch: bool = True
+    trusted_keys_file: Path | None = None
+    source: str | None = None
+    source_poll_seconds: float = 60.0
+    source_insecure: tuple[str, ...] = ()
+    registry_auth_file: Path | None = None  # None: ~/.docker/config.json
 
     def redacted(self) -> dict[str, object]:
         """The effective configuration for the start-up log, secrets replaced."""
@@ -147,6 +152,26 @@ def parse_token_file(name: str, raw: str) -> Path:
     return path
 
 
+def parse_source(name: str, raw: str) -> str:
+    """An OCI reference ``oci://REGISTRY/REPO:TAG`` or ``…@sha256:<hex>`` (checked in full
+    by the pulling code at start); credentials never belong in it."""
+    value = raw.strip()
+    rest = value.removeprefix("oci://")
+    if rest == value or "/" not in rest or "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{name}: expected oci://REGISTRY/REPOSITORY:TAG or "
+                          f"oci://REGISTRY/REPOSITORY@sha256:<hex>, got {value[:120]!r}")
+    return value
+
+
+def parse_hosts(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of ``host:port`` (or ``host``) registry names."""
+    hosts = tuple(h.strip() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
+            raise ConfigError(f"{name}: {host[:80]!r} is not a host or host:port")
+    return hosts
+
+
 Parser = Callable[[str, str], Any]
 
 # field -> (environment variable or None, command-line flag or None, parser)
@@ -177,10 +202,18 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
         "LOG_FORMAT", "--log-format", lambda n, r: parse_choice(n, r, LOG_FORMATS, False)
     ),
     "watch": ("WATCH", "--watch", parse_bool),
+    "trusted_keys_file": ("TRUSTED_KEYS_FILE", None, parse_path),
+    "source": ("SOURCE", None, parse_source),
+    "source_poll_seconds": (
+        "SOURCE_POLL_SECONDS", None, lambda n, r: parse_number(n, r, 5, 86400)
+    ),
+    "source_insecure": ("SOURCE_INSECURE", None, parse_hosts),
+    "registry_auth_file": ("REGISTRY_AUTH_FILE", None, parse_path),
 }
 # Optional strings where an empty environment value means "unset" (as Kubernetes renders
 # an optional ConfigMap key); RELOAD_URL="" means "reloading disabled" (SPEC section 6).
-_EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL"}
+_EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL",
+                      "TRUSTED_KEYS_FILE", "SOURCE", "SOURCE_INSECURE", "REGISTRY_AUTH_FILE"}
 
 
 _UNSET = object()

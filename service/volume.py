@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -113,17 +112,25 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
     return copied, skipped  # made durable by the syncfs before the journal is written
 
 
-def break_hard_links(layout: Layout, paths: Iterable[str]) -> None:
-    """Replace claimed files that have other hard links by private copies.
+def break_hard_links(layout: Layout) -> int:
+    """Replace claimed files that have other hard links by private copies; how many.
 
     A hard link shares its inode with a file outside the bundle; whoever can write that
     file could change a published version. The copy is made in the work dir (where a
-    crash leaves it for :func:`remove_stray_copies`) and renamed over the link.
+    crash leaves it for :func:`remove_stray_copies`) and renamed over the link. A second
+    walk, so that the first keeps no list of paths.
     """
-    for path in paths:
-        tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
-        shutil.copy2(path, tmp)
-        os.replace(tmp, path)
+    copied = 0
+    for dirpath, _dirs, names in os.walk(layout.incoming):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
+                shutil.copy2(path, tmp)
+                os.replace(tmp, path)
+                copied += 1
+    return copied
 
 
 def remove_stray_copies(layout: Layout) -> None:

@@ -244,3 +244,14 @@ def test_metrics_port_0_disables_the_server(models: Path, tmp_path: Path) -> Non
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "serving /metrics" not in err
+
+
+def test_exposition_has_no_created_series(
+    models: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """The daemon's /metrics carries no *_created series (they double the exposition)."""
+    daemon = start_daemon(models)
+    daemon.wait_ready()
+    status, text = http_get(daemon.url + "/metrics")
+    assert status == 200 and "model_sidecar_polls_total" in text
+    assert "_created" not in text

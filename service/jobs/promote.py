@@ -266,8 +266,7 @@ class Promoter:
             scan = check_tree(self.layout.incoming, self.config.manifest_name)
             if scan.hard_linked:
                 log.info("copying %d hard-linked files so that the version is private",
-                         len(scan.hard_linked))
-                volume.break_hard_links(self.layout, scan.hard_linked)
+                         volume.break_hard_links(self.layout))
             manifest = check_contents(self.layout.incoming, self.config.manifest_name,
                                       self.config.require_manifest, self.progress)
             return Promote(self._version_name(manifest), previous, claim, self.clock())
