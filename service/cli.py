@@ -59,7 +59,14 @@ DESCRIPTIONS: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "log_format": "auto (text on a terminal, else JSON lines), text or json",
     "watch": "wake the pass with inotify when READY appears; polling stays on",
+    "trusted_keys_file": "Ed25519 public keys (PEM); when set, bundles must be signed",
+    "source": "pull bundles from oci://REGISTRY/REPO:TAG (or @sha256:...)",
+    "source_poll_seconds": "seconds between checks of SOURCE, [5, 86400]",
+    "source_insecure": "registries (host:port, comma-separated) reached over plain HTTP",
+    "registry_auth_file": "Docker/OCI auth file with the registry's credentials",
 }
+# Defaults resolved after the configuration is loaded, as the user should read them.
+RESOLVED_DEFAULTS: dict[str, str] = {"registry_auth_file": "~/.docker/config.json"}
 
 VOLUME = ("models_root", "staging_dir", "current_link")
 LOGGING = ("log_level", "log_format")
@@ -89,8 +96,10 @@ def default_value(key: str) -> object:
 def default_text(key: str) -> str:
     """The default of a setting as the user writes it: ``30``, ``false``, ``unset``,
     ``$MODELS_ROOT/staging`` for a path derived from the root."""
+    if key in RESOLVED_DEFAULTS:
+        return RESOLVED_DEFAULTS[key]
     value = default_value(key)
-    if value is None:
+    if value is None or value == ():
         return "unset"
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -127,3 +127,10 @@ def test_exit_codes_are_listed(args: tuple[str, ...]) -> None:
     text = _help(*args)
     for code in ("0", "1", "2", "130"):
         assert re.search(rf"(?m)^\s+{code}\s+\S", text), code
+
+
+def test_every_setting_has_a_description() -> None:
+    """Each setting of SETTINGS has a description for --help (a new one needs its line)."""
+    from service.cli import DESCRIPTIONS
+
+    assert set(SETTINGS) <= set(DESCRIPTIONS)
