@@ -251,6 +251,14 @@ def _events(layout: Layout, problems: list[Problem]) -> list[history.Event]:
     return read.events
 
 
+def _previous(layout: Layout, events: list[history.Event], current: str | None) -> str | None:
+    """The previous version; the whole history is read only when the tail does not know."""
+    try:
+        return history.previous_version(layout.history, events, current)
+    except (OSError, SidecarError):
+        return history.previous_of(events, current)
+
+
 def check_root(layout: Layout) -> None:
     """status never creates the volume: a missing root is a configuration error."""
     root = layout.root
@@ -277,7 +285,7 @@ def collect(layout: Layout, now: float, daemon: DaemonInfo | None) -> dict[str, 
         "staging_dir": json_text(str(layout.staging)),
         "current_link": json_text(str(layout.current)),
         "current": {"version": None if current is None else json_text(current), "link": link.kind},
-        "previous": _clean(history.previous_of(events, current)),
+        "previous": _clean(_previous(layout, events, current)),
         "versions": _versions(layout, events, current, now),
         "daemon": _daemon(daemon),
         "pending_reload": _pending(layout, events, now, problems),
