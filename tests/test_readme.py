@@ -153,3 +153,13 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def test_code_layout_names_every_module() -> None:
+    """Every module under service/ has its line in "Layout of the code", and no line
+    names a module that does not exist."""
+    section = _section("Layout of the code")
+    named = set(re.findall(r"`(service/[\w/]+\.py)`", section))
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "service").rglob("*.py")}
+    modules -= {"service/__init__.py", "service/jobs/__init__.py"}
+    assert named == modules
