@@ -434,7 +434,9 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cleaned(command: str, config: Config) -> str:
-    return f"; {config.staging_dir} was left empty" if command == "stage" else ""
+    return (
+        f"; what it had copied into {config.staging_dir} was removed" if command == "stage" else ""
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -148,7 +148,7 @@ def test_ctrl_c_during_stage_cleans_up_and_exits_130(models: Path, tmp_path: Pat
     )
     assert code == 130, out
     assert "Traceback" not in out
-    assert f"stage: interrupted; {models / 'staging'} was left empty" in out
+    assert f"stage: interrupted; what it had copied into {models / 'staging'} was removed" in out
     assert list((models / "staging").iterdir()) == []
 
 
