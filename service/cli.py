@@ -79,7 +79,7 @@ EXIT_CODES = """exit codes:
        that failed after its retries; a failed rollback; stage when a bundle is
        already staged or staging is not empty
   2    usage or configuration error
-  130  interrupted (Ctrl-C); stage leaves staging empty"""
+  130  interrupted (Ctrl-C); stage removes what it had copied"""
 
 
 # -- help text from SETTINGS and Config ----------------------------------------------------
