@@ -17,6 +17,7 @@ from typing import Literal
 
 from service import fsops
 from service.layout import Layout
+from service.progress import Progress
 
 STRAY_PREFIX = "copy-"
 
@@ -90,7 +91,44 @@ def staged_entries(layout: Layout) -> list[str]:
     return sorted(e for e in os.listdir(layout.staging) if e != "READY")
 
 
-def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
+COPY_CHUNK = 1024 * 1024
+
+
+def copy_file(src: str, dst: str, progress: Progress) -> None:
+    """Copy one regular file in chunks, so that a stop interrupts even a huge one."""
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        while chunk := fin.read(COPY_CHUNK):
+            fout.write(chunk)
+            progress.step()
+    shutil.copystat(src, dst)
+
+
+def copy_entry(src: Path, dst: Path, progress: Progress) -> list[str]:
+    """Copy a file, symlink or tree without following symlinks; the special files skipped.
+
+    Fifos, devices and sockets hold no data and cannot be copied safely; they are
+    reported so that the caller can reject the bundle.
+    """
+    skipped: list[str] = []
+
+    def copy_one(s: str, d: str) -> None:
+        mode = os.lstat(s).st_mode
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(mode):
+            copy_file(s, d, progress)
+        else:
+            skipped.append(s)
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=copy_one)
+    else:
+        copy_one(str(src), str(dst))
+    return skipped
+
+
+def claim(layout: Layout, entries: list[str],
+          progress: Progress | None = None) -> tuple[bool, list[str]]:
     """Move the staged entries into the work dir, or copy them across filesystems.
 
     Returns whether they were copied (then staging still holds them) and the special
@@ -108,7 +146,7 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
                 if exc.errno != errno.EXDEV:
                     raise
             copied = True
-        skipped += fsops.copy_entry(src, dst)
+        skipped += copy_entry(src, dst, progress or Progress())
     return copied, skipped  # made durable by the syncfs before the journal is written
 
 

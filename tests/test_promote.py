@@ -221,6 +221,30 @@ def test_staging_on_another_filesystem_is_copied(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def test_stop_during_a_copy_across_filesystems_leaves_staging_whole(
+    harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A stop during the EXDEV copy of a claim abandons it; staging is as it was."""
+    import shutil
+
+    import pytest
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) on this machine")
+    staging = Path(os.path.realpath(shm)) / f"staging-stop-{os.getpid()}-{tmp_path.name}"
+    try:
+        h = harness(staging_dir=staging)
+        write_bundle(staging, FILES, version="v1")
+        staged = tree_digest(staging)
+        h.promoter.progress.stop()
+        assert h.promoter.run_pass().outcome == "cancelled"
+        assert tree_digest(staging) == staged
+        assert not h.layout.incoming.exists()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def test_pending_reload_survives_in_the_state_dir(
     harness: Callable[..., Harness], reload_server: object
 ) -> None:

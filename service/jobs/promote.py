@@ -176,7 +176,7 @@ class Promoter:
         entries = volume.staged_entries(self.layout)
         previous = volume.current_name(self.layout)
         try:
-            copied, skipped = volume.claim(self.layout, entries)
+            copied, skipped = volume.claim(self.layout, entries, self.progress)
             mark = (ready.inode, ready.mtime_ns) if ready else None
             claim = Claim(mark, tuple(entries), copied, self.clock())
             intent = self._decide(skipped, claim, previous)
