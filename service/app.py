@@ -16,6 +16,7 @@ from service.metrics import Health, Metrics, make_app, start_server
 from service.placement import check_volume
 from service.progress import Progress
 from service.reload import Reloader
+from service.startline import start_message
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,17 @@ def build_promoter(config: Config, registry: CollectorRegistry,
                     retried_later=retried_later, record_pending=record_pending)
 
 
-def log_start(config: Config) -> None:
-    log.info("forecaster-sidecar %s starting with %s", __version__, config.redacted())
+def log_start(config: Config, promoter: Promoter) -> None:
+    """One human line, and the effective configuration as fields (secrets redacted)."""
+    try:
+        current = promoter.current()
+    except OSError:
+        current = None
+    line, fields = start_message(config, current, promoter.interval())
+    log.info("%s", line, extra={"fields": {"sidecar_version": __version__, **fields}})
+    if config.reload_token_file is not None and not config.reload_token_file.exists():
+        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) "
+                    "until it does", config.reload_token_file)
     if config.reload_token_file is not None and not config.reload_token_file.exists():
         log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail until it does",
                     config.reload_token_file)
@@ -37,8 +47,8 @@ def log_start(config: Config) -> None:
 def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
     """One pass (recovery, promotion, pending reload); exit 1 when its work failed."""
     check_volume(config, create=True)
-    log_start(config)
     promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
+    log_start(config, promoter)
     result = promoter.run_pass(wait=True)
     log.info("single pass done: %s%s", result.outcome,
              " (the reload failed)" if result.reload_failed else "")
@@ -63,11 +73,11 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     check_volume(config, create=True)
     layout = Layout.from_config(config)
     volume.ensure_dirs(layout)
-    log_start(config)
-    lock = _claim_volume(config, layout)
-    health = Health(clock=time.time)
     progress = Progress()
     promoter = build_promoter(config, registry, progress)
+    log_start(config, promoter)
+    lock = _claim_volume(config, layout)
+    health = Health(clock=time.time)
     daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
     server = None
     if config.metrics_port:

@@ -25,6 +25,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from service.errors import one_line
 from service.jobs.promote import Promoter
 from service.lockfile import DaemonLock
 from service.metrics import Health, Metrics
@@ -76,7 +77,7 @@ class Daemon:
 
     def _after_poll(self, event: JobExecutionEvent) -> None:
         if event.exception is not None:
-            log.error("promotion pass crashed: %r", event.exception)
+            log.error("promotion pass crashed: %s", one_line(event.exception))
             return
         new = float(event.retval)
         if new != self.interval:
@@ -94,7 +95,7 @@ class Daemon:
         try:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
         except Exception as exc:
-            log.debug("cannot wake the job: %r", exc)
+            log.debug("cannot wake the job: %s", one_line(exc))
 
     def wake_for_command(self) -> None:
         """A command changed the volume (a rollback): deliver its reload now. The

@@ -204,8 +204,7 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
     chosen = choose_version(manifest, version)
     tree = scan_source(src, {layout.manifest_name, "READY"})
     check_source(tree, manifest, src)
-    if not layout.staging.is_dir():
-        layout.staging.mkdir()
+    layout.staging.mkdir(exist_ok=True)  # a daemon starting now may create it too
     check_staging_free(layout)
     try:
         specs = copy_bundle(src, layout.staging, tree, manifest.files if manifest else {},

@@ -278,13 +278,18 @@ class Promoter:
                 volume.move_to_trash(self.layout, path)
             fsops.empty_dir(self.layout.trash)
 
+    def current(self) -> str | None:
+        """The current version, its manifest's interval re-read when it changed."""
+        name = volume.current_name(self.layout)
+        if name != self._current:
+            self._current = name
+            self.metrics.set_current(name)
+            self._manifest_interval = self._read_manifest_interval(name)
+        return name
+
     def _observe(self) -> None:
         try:
-            name = volume.current_name(self.layout)
-            if name != self._current:
-                self._current = name
-                self.metrics.set_current(name)
-                self._manifest_interval = self._read_manifest_interval(name)
+            self.current()
             self.metrics.staged_pending.set(1 if volume.ready_present(self.layout) else 0)
         except OSError as exc:
             log.error("cannot read the volume: %s", one_line(exc))
