@@ -35,10 +35,11 @@ def container(name: str) -> dict[str, Any]:
     return next(c for c in spec["containers"] if c["name"] == name)
 
 
-def test_dockerfile_is_hadolint_clean() -> None:
-    """hadolint reports nothing on the Dockerfile."""
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "examples/forecaster_app/Dockerfile"])
+def test_dockerfile_is_hadolint_clean(dockerfile: str) -> None:
+    """hadolint reports nothing on the sidecar's and the example app's Dockerfiles."""
     hadolint = require_tool("hadolint")
-    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True,
+    out = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -99,6 +100,23 @@ def test_security_context_is_hardened() -> None:
         assert ctx["capabilities"]["drop"] == ["ALL"]
         assert "add" not in ctx["capabilities"]
     assert container("sidecar")["resources"]["limits"]["memory"]
+
+
+def test_reload_token_secret_is_required() -> None:
+    """The token Secret is not optional: no pod runs without the file both containers read."""
+    volumes = by_kind("Deployment")["spec"]["template"]["spec"]["volumes"]
+    token = next(v for v in volumes if v["name"] == "reload-token")
+    assert token["secret"]["optional"] is False
+    assert by_kind("ConfigMap")["data"]["RELOAD_TOKEN_FILE"].startswith(
+        next(m["mountPath"] for m in container("forecaster")["volumeMounts"]
+             if m["name"] == "reload-token") + "/")
+
+
+def test_grace_period_fits_the_stop_bound() -> None:
+    """The grace period is above the sidecar's 5 s stop bound (SPEC 9) and at most
+    podman's fixed 10 s stop timeout, which the pod test proves."""
+    assert 5 < by_kind("Deployment")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] <= 10
 
 
 def test_seed_shape_is_kept() -> None:
