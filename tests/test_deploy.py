@@ -173,3 +173,27 @@ def test_mlserver_overlay_renders_and_validates(tmp_path: Path) -> None:
     app = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
                if c["name"] == "forecaster")
     assert app["command"] == ["mlserver", "start", "/models/current"]
+
+
+def test_cluster_test_kustomization_renders_and_validates(tmp_path: Path) -> None:
+    """What tests/test_e2e_k3s.py applies renders offline with its edits and validates."""
+    from test_e2e_k3s import kustomization
+
+    kubectl = require_tool("kubectl")
+    validate = require_tool("kubernetes-validate")
+    rendered = subprocess.run([kubectl, "kustomize", str(kustomization(tmp_path, "ns-e2e", "t"))],
+                              capture_output=True, text=True, check=True).stdout
+    (tmp_path / "rendered.yaml").write_text(rendered)
+    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(tmp_path / "rendered.yaml")],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {"ns-e2e"}
+    assert docs["ConfigMap"]["data"]["ROLLBACK_ON_RELOAD_FAILURE"] == "true"
+    assert set(docs["Secret"]["data"]) == {"token", "app-token"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    app = next(c for c in pod["containers"] if c["name"] == "forecaster")
+    assert [e["value"] for e in app["env"] if e["name"] == "RELOAD_TOKEN_FILE"] == [
+        "/var/run/secrets/forecaster/app-token"]
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert models["hostPath"]["path"] == "/var/lib/ns-e2e"
