@@ -122,6 +122,7 @@ def played_manifest(
 ) -> list[dict[str, Any]]:
     docs = shipped()
     for edit in [*pod_edits(host_path, app_port, metrics_port), *scenario_edits()]:
+        print(f"edit {edit.name}: {edit.reason}")
         apply_edit(docs, edit)
     # The Secret a user creates with kubectl: podman mounts it only when its document
     # comes before the Deployment in the played file.
@@ -234,6 +235,8 @@ def test_shipped_manifest_runs_as_a_pod(images: Images, workdir: Path) -> None:
     )
     start = time.monotonic()
     try:
+        # Created, not started: podman removes an init container once it has run, so its
+        # capabilities can only be inspected before.
         podman("kube", "play", "--start=false", str(played), timeout=300)
         init = next(c for c in inspect(podman, POD)[0]["Containers"] if "volume-owner" in c["Name"])
         init_caps = inspect(podman, init["Id"])[0]
@@ -250,8 +253,6 @@ def test_shipped_manifest_runs_as_a_pod(images: Images, workdir: Path) -> None:
                 check=True,
             ).stdout
         )
-        status = pod.exec("sidecar", "grep", "^Cap", "/proc/self/status")
-        assert all(int(line.split()[1], 16) == 0 for line in status.splitlines())
 
         promote_v1(pod, timings)
         broken_bundle_is_rolled_back(pod, timings)
@@ -259,6 +260,8 @@ def test_shipped_manifest_runs_as_a_pod(images: Images, workdir: Path) -> None:
         probes_answer_inside_the_pod(pod)
         sidecar_is_confined(pod)
 
+        # podman stops with SIGTERM and kills after 10 s (it ignores the grace period, which
+        # the manifest sets to the same 10 s): exit code 0, not 137, means no one was killed.
         podman("pod", "stop", POD, timeout=120)
         for state in inspect(podman, f"{POD}-forecaster", f"{POD}-sidecar"):
             assert state["State"]["ExitCode"] == 0, (state["Name"], state["State"])
