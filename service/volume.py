@@ -153,7 +153,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
 def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
     """Rename a complete directory to its final place, durably."""
     if sync_content:
-        fsops.sync_filesystem(src)
+        fsops.sync_tree(src)
     os.rename(src, dst)
     fsops.fsync_dir(dst.parent)
     fsops.fsync_dir(src.parent)

@@ -166,7 +166,7 @@ class Promoter:
             intent = {**base, **self._decide(skipped)}
             # One syncfs makes the claim's renames and every byte of the bundle durable
             # before the journal says "roll forward" (instead of a fsync per file).
-            fsops.sync_filesystem(self.layout.incoming)
+            fsops.sync_tree(self.layout.incoming, also=(self.layout.work, self.layout.staging))
         except OSError as exc:
             self._abandon_claim()
             self._count_failure("error", "io_error")
