@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import json
@@ -45,6 +46,8 @@ def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fs
 
 
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+# This kernel, sandbox or file cannot take the hint: the fsync that follows does the work.
+_HINT_REFUSED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP})
 
 
 def writeback_starter(libc: Any) -> Callable[[int], None]:
@@ -61,7 +64,8 @@ def writeback_starter(libc: Any) -> Callable[[int], None]:
     def start(fd: int) -> None:
         if function(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            if err not in _HINT_REFUSED:
+                raise OSError(err, os.strerror(err))
 
     return start
 
@@ -261,16 +265,34 @@ def copy_entry(src: Path, dst: Path) -> list[str]:
     skipped: list[str] = []
 
     def copy_regular(s: str, d: str) -> None:
-        if stat.S_ISREG(os.lstat(s).st_mode) or os.path.islink(s):
-            shutil.copy2(s, d, follow_symlinks=False)
-        else:
-            skipped.append(s)
+        try:
+            if stat.S_ISREG(os.lstat(s).st_mode) or os.path.islink(s):
+                shutil.copy2(s, d, follow_symlinks=False)
+            else:
+                skipped.append(s)
+        except OSError as exc:
+            raise _CopyFailed(_named(exc, f"copy of {s}", d)) from exc
 
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, symlinks=True, copy_function=copy_regular)
-    else:
-        copy_regular(str(src), str(dst))
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True, copy_function=copy_regular)
+        else:
+            copy_regular(str(src), str(dst))
+    except _CopyFailed as failed:
+        raise failed.error from failed.__cause__
+    except shutil.Error as exc:  # a symlink or a directory's metadata, collected by copytree
+        where, to, why = exc.args[0][0]
+        raise OSError(None, f"copy of {where} failed: {why}", to) from exc
     return skipped
+
+
+class _CopyFailed(Exception):
+    """Carries a file's copy error out of shutil.copytree at once: copytree would collect
+    it and go on copying every other file into a full disk."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def remove_entry(path: Path) -> None:

@@ -188,23 +188,20 @@ def test_sync_tree_without_sync_file_range_still_fsyncs_everything(tmp_path: Pat
 
 
 def test_writeback_starter_calls_the_real_sync_file_range(tmp_path: Path) -> None:
-    """The real sync_file_range accepts a file and reports the kernel's ESPIPE on a pipe."""
+    """The real sync_file_range takes a file, skips a pipe (a refused hint), raises EBADF."""
     start = fsops.writeback_starter(LIBC)
     path = tmp_path / "m.bin"
     path.write_bytes(os.urandom(65536))
     fd = os.open(path, os.O_RDONLY)
-    try:
-        start(fd)
-    finally:
-        os.close(fd)
+    start(fd)
+    os.close(fd)
     read_end, write_end = os.pipe()
-    try:
-        with pytest.raises(OSError) as info:
-            start(read_end)
-        assert info.value.errno == errno.ESPIPE
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    start(read_end)  # ESPIPE from the kernel: the fsync that follows does the work
+    os.close(read_end)
+    os.close(write_end)
+    with pytest.raises(OSError) as info:
+        start(fd)  # closed by now
+    assert info.value.errno == errno.EBADF
 
 
 # -- failures name the operation and the path ----------------------------------------------
@@ -312,3 +309,27 @@ def test_switch_link_points_the_link_at_the_version(tmp_path: Path) -> None:
     fsops.switch_link(current, tmp_path / "versions" / "v2")
     assert os.readlink(current) == "versions/v2"
     assert sorted(os.listdir(tmp_path)) == ["current", "versions"]
+
+
+def test_copy_into_a_full_disk_names_the_copy_and_keeps_the_errno(
+    tiny_fs: Path, tmp_path: Path
+) -> None:
+    """ENOSPC while copying a tree: the first failure, its errno, the file and the target."""
+    bundle = tmp_path / "bundle"
+    (bundle / "d").mkdir(parents=True)
+    for i in range(6):
+        (bundle / "d" / f"part-{i}.bin").write_bytes(os.urandom(32 * 1024))
+    with pytest.raises(OSError) as info:
+        fsops.copy_entry(bundle, tiny_fs / "incoming")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.strerror.startswith(f"copy of {bundle / 'd'}{os.sep}part-")
+    assert info.value.filename.startswith(str(tiny_fs / "incoming" / "d") + os.sep)
+
+
+def test_volume_lock_in_a_missing_dir_names_open_and_the_lock(tmp_path: Path) -> None:
+    """The lock file cannot be created: FileNotFoundError naming 'open' and the lock."""
+    lock = tmp_path / "gone" / "lock"
+    with pytest.raises(FileNotFoundError) as info, fsops.volume_lock(lock, wait=False):
+        pass
+    assert info.value.filename == str(lock)
+    assert info.value.strerror.startswith("open failed: ")
