@@ -143,15 +143,15 @@ def measure(args: argparse.Namespace, modes: list[str]) -> dict[str, Any]:
         os.sync()
         for mode in modes:
             with sync_mode(mode, out[mode]["quiet_sync"]):
-                out[mode]["quiet"] = [promote_once(promoter, root, args.files, sync)
-                                      for _ in range(args.runs)]
+                out[mode]["quiet"] = [
+                    promote_once(promoter, root, args.files, sync) for _ in range(args.runs)
+                ]
         with neighbour(Path(tmp), args.neighbour_gib * 1024 * MIB):
             for mode in modes:
                 with sync_mode(mode, out[mode]["noisy_sync"]):
                     for _ in range(args.runs):
                         out[mode]["dirty_mib"].append(wait_dirty(args.min_dirty_mib))
-                        out[mode]["noisy"].append(promote_once(promoter, root, args.files,
-                                                               sync))
+                        out[mode]["noisy"].append(promote_once(promoter, root, args.files, sync))
     return out
 
 
@@ -159,12 +159,18 @@ def summarise(raw: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for mode, runs in raw.items():
         row = {key: statistics.median(values) for key, values in runs.items()}
-        rows.append({"mode": mode, "quiet_ms": row["quiet"] * 1000,
-                     "noisy_ms": row["noisy"] * 1000, "ratio": row["noisy"] / row["quiet"],
-                     "quiet_sync_ms": row["quiet_sync"] * 1000,
-                     "noisy_sync_ms": row["noisy_sync"] * 1000,
-                     "sync_ratio": row["noisy_sync"] / row["quiet_sync"],
-                     "dirty_mib": row["dirty_mib"]})
+        rows.append(
+            {
+                "mode": mode,
+                "quiet_ms": row["quiet"] * 1000,
+                "noisy_ms": row["noisy"] * 1000,
+                "ratio": row["noisy"] / row["quiet"],
+                "quiet_sync_ms": row["quiet_sync"] * 1000,
+                "noisy_sync_ms": row["noisy_sync"] * 1000,
+                "sync_ratio": row["noisy_sync"] / row["quiet_sync"],
+                "dirty_mib": row["dirty_mib"],
+            }
+        )
     return rows
 
 
@@ -176,24 +182,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-dirty-mib", type=float, default=1024)
     parser.add_argument("--syncfs", action="store_true", help="also the old syncfs baseline")
     parser.add_argument("--unsynced", action="store_true", help="producer does not fsync")
-    parser.add_argument("--dir", default=os.environ.get("BENCH_DIR"),
-                        help="where the volume is made (default: the temp dir)")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("BENCH_DIR"),
+        help="where the volume is made (default: the temp dir)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 5:
         parser.error("--runs must be at least 5 (the figures are medians)")
     modes = ["sync_tree", "syncfs"] if args.syncfs else ["sync_tree"]
     raw = measure(args, modes)
     rows = summarise(raw)
-    print(f"1 MiB / {args.files} files, producer {'un' if args.unsynced else ''}synced, "
-          f"neighbour rewriting {args.neighbour_gib} GiB, medians of {args.runs}")
+    print(
+        f"1 MiB / {args.files} files, producer {'un' if args.unsynced else ''}synced, "
+        f"neighbour rewriting {args.neighbour_gib} GiB, medians of {args.runs}"
+    )
     print(f"{'':<10} {'--- whole promotion pass ---':>30}   {'--- the sync step alone ---':>30}")
-    print(f"{'mode':<10} {'quiet':>10} {'neighbour':>10} {'ratio':>7}   {'quiet':>10} "
-          f"{'neighbour':>10} {'ratio':>7} {'dirty':>10}")
+    print(
+        f"{'mode':<10} {'quiet':>10} {'neighbour':>10} {'ratio':>7}   {'quiet':>10} "
+        f"{'neighbour':>10} {'ratio':>7} {'dirty':>10}"
+    )
     for row in rows:
-        print(f"{row['mode']:<10} {row['quiet_ms']:>8.1f}ms {row['noisy_ms']:>8.1f}ms "
-              f"{row['ratio']:>6.1f}x   {row['quiet_sync_ms']:>8.1f}ms "
-              f"{row['noisy_sync_ms']:>8.1f}ms {row['sync_ratio']:>6.1f}x "
-              f"{row['dirty_mib']:>7.0f}MiB")
+        print(
+            f"{row['mode']:<10} {row['quiet_ms']:>8.1f}ms {row['noisy_ms']:>8.1f}ms "
+            f"{row['ratio']:>6.1f}x   {row['quiet_sync_ms']:>8.1f}ms "
+            f"{row['noisy_sync_ms']:>8.1f}ms {row['sync_ratio']:>6.1f}x "
+            f"{row['dirty_mib']:>7.0f}MiB"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "neighbour.json").write_text(json.dumps({"rows": rows, "raw": raw}, indent=2))
     return 0
