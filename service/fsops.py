@@ -30,7 +30,8 @@ def _named(exc: OSError, operation: str, path: str | os.PathLike[str]) -> OSErro
     ``OSError(errno, ...)`` keeps the subclass (FileNotFoundError, ...) for callers that
     catch one.
     """
-    return OSError(exc.errno, f"{operation} failed: {exc.strerror}", os.fspath(path))
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"{operation} failed: {reason}", os.fspath(path))
 
 
 def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fsync) -> None:
@@ -99,16 +100,17 @@ def sync_tree(
     file already written still flushes the disk's cache, and the block layer merges
     concurrent flushes into one, where one after another each waits on its own.
     """
-    with ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync") as pool:
-        batch = _Batch(fsync, start or _start_writeback(), pool)
-        try:
-            for path, is_dir in _bottom_up(os.fspath(root)):
-                batch.add(path, is_dir)
-            for directory in also:
-                batch.add(os.fspath(directory), is_dir=True)
-            batch.flush()
-        finally:
-            batch.close()
+    pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+    batch = _Batch(fsync, start or _start_writeback(), pool)
+    try:
+        for path, is_dir in _bottom_up(os.fspath(root)):
+            batch.add(path, is_dir)
+        for directory in also:
+            batch.add(os.fspath(directory), is_dir=True)
+        batch.flush()
+    finally:
+        pool.shutdown()  # no thread may still hold one of the fds closed next
+        batch.close()
 
 
 def _bottom_up(root: str) -> Iterator[tuple[str, bool]]:
