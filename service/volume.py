@@ -7,6 +7,7 @@ after a crash between them, is decided in :mod:`service.jobs.promote`.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -104,30 +105,6 @@ def copy_file(src: str, dst: str, progress: Progress) -> None:
     shutil.copystat(src, dst)
 
 
-def copy_entry(src: Path, dst: Path, progress: Progress) -> list[str]:
-    """Copy a file, symlink or tree without following symlinks; the special files skipped.
-
-    Fifos, devices and sockets hold no data and cannot be copied safely; they are
-    reported so that the caller can reject the bundle.
-    """
-    skipped: list[str] = []
-
-    def copy_one(s: str, d: str) -> None:
-        mode = os.lstat(s).st_mode
-        if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(s), d)
-        elif stat.S_ISREG(mode):
-            copy_file(s, d, progress)
-        else:
-            skipped.append(s)
-
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, symlinks=True, copy_function=copy_one)
-    else:
-        copy_one(str(src), str(dst))
-    return skipped
-
-
 def claim(layout: Layout, entries: list[str],
           progress: Progress | None = None) -> tuple[bool, list[str]]:
     """Move the staged entries into the work dir, or copy them across filesystems.
@@ -147,8 +124,9 @@ def claim(layout: Layout, entries: list[str],
                 if exc.errno != errno.EXDEV:
                     raise
             copied = True
-        skipped += copy_entry(src, dst, progress or Progress())
-    return copied, skipped  # made durable by the syncfs before the journal is written
+        skipped += fsops.copy_entry(src, dst, functools.partial(copy_file,
+                                                                progress=progress or Progress()))
+    return copied, skipped  # made durable by fsops.sync_tree before the journal is written
 
 
 def break_hard_links(layout: Layout) -> int:
@@ -210,7 +188,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
 def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
     """Rename a complete directory to its final place, durably."""
     if sync_content:
-        fsops.sync_filesystem(src)
+        fsops.sync_tree(src)
     os.rename(src, dst)
     fsops.fsync_dir(dst.parent)
     fsops.fsync_dir(src.parent)

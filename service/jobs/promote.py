@@ -6,7 +6,8 @@ The order of the steps is the crash-safety argument (SPEC section 4):
    across filesystems); READY stays, so a crash here is undone by putting them back;
 2. the claimed bundle is validated and a name decided; a stop asked meanwhile abandons
    the claim (still before the journal, so undoing it is safe);
-3. the claim and every file are made durable; then the decision is journalled in
+3. the claim and every file are made durable (fsync of exactly the bundle's files and
+   the directories the claim changed); then the decision is journalled in
    ``.sidecar/intent.json`` (:mod:`service.journal`); from here on a crash is finished
    forward by the next pass, never undone;
 4. the bundle is renamed to ``versions/<name>`` (or ``rejected/<name>``), both
@@ -183,8 +184,10 @@ class Promoter:
             mark = (ready.inode, ready.mtime_ns) if ready else None
             claim = Claim(mark, tuple(entries), copied, self.clock())
             intent = self._decide(skipped, claim, previous)
+            # Durable before the journal says "roll forward": every file of the bundle and
+            # the directories the claim changed, and nothing of anyone else's.
             with doing(f"making {self.layout.incoming} durable"):
-                fsops.sync_filesystem(self.layout.incoming)
+                fsops.sync_tree(self.layout.incoming, also=(self.layout.work, self.layout.staging))
         except Cancelled:
             self._abandon_claim()
             log.info("stopping: the validation in progress was abandoned, the bundle "
