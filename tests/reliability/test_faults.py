@@ -46,7 +46,7 @@ def test_enospc_keeps_the_bundle_staged_until_space_returns(
     daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
                        reason="io_error")
     line = next(ln for ln in daemon.log().splitlines() if "No space left on device" in ln)
-    assert "copying" in line and str(models) in line  # the operation and the path
+    assert "copy of" in line and str(models) in line  # the operation and the path
     assert tree_digest(staging) == staged
     assert not (models / ".sidecar" / "work" / "incoming").exists()
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
