@@ -10,7 +10,8 @@ a descriptor and a few hundred bytes, never a thread. The bounds:
   response within ``timeout`` seconds of being accepted: idle and slowloris connections
   are cut;
 - one request per connection (``Connection: close``), answered in the loop: the three
-  endpoints are cheap, so there is no queue to grow;
+  endpoints are cheap, so there is no queue to grow. After its response a connection is
+  half-closed and waits, within the same deadline, for the client to close;
 - a listen backlog of ``backlog`` for bursts of scrapers and probes;
 - when ``accept`` fails for want of descriptors (EMFILE), accepting pauses briefly instead
   of spinning on a listening socket that stays readable.
@@ -278,7 +279,8 @@ class _Conn:
     sock: socket.socket
     deadline: float
     inbuf: bytearray = field(default_factory=bytearray)
-    out: memoryview | None = None
+    out: memoryview | None = None  # the response not yet sent
+    draining: bool = False  # response sent: discard input until the client closes
 
 
 class MetricsServer:
@@ -297,6 +299,7 @@ class MetricsServer:
         self._paused_until: float | None = None
         self._last_warning = -WARN_EVERY_SECONDS
         self._closing = False
+        self.wakeups = 0  # returns from select(): stays put while nothing happens
         self._sel.register(listener, selectors.EVENT_READ, "listener")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self.thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
@@ -322,6 +325,7 @@ class MetricsServer:
         try:
             while not self._closing:
                 events = self._sel.select(self._timeout(time.monotonic()))
+                self.wakeups += 1
                 now = time.monotonic()
                 for key, _mask in events:
                     self._dispatch(key.data, now)
@@ -345,7 +349,9 @@ class MetricsServer:
         elif data == "wake":
             self._wake_r.recv(64)
         elif data.sock.fileno() in self._conns:  # not shed earlier in this round
-            if data.out is None:
+            if data.draining:
+                self._drain(data)
+            elif data.out is None:
                 self._read(data)
             else:
                 self._write(data)
@@ -418,9 +424,8 @@ class MetricsServer:
     def _respond(self, conn: _Conn, response: bytes) -> None:
         conn.out = memoryview(response)
         conn.inbuf = bytearray()
+        self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
         self._write(conn)
-        if conn.out is not None and conn.sock.fileno() in self._conns:
-            self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
 
     def _write(self, conn: _Conn) -> None:
         assert conn.out is not None
@@ -433,6 +438,27 @@ class MetricsServer:
             return
         conn.out = conn.out[sent:] if sent < len(conn.out) else None
         if conn.out is None:
+            self._linger(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Half-close, then wait for the client's close: closing with unread input (a
+        too long head, a body) would reset the connection and lose the response."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.draining = True
+        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
