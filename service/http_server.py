@@ -8,15 +8,17 @@ a descriptor and a few hundred bytes, never a thread. The bounds:
   a new connection closes the oldest one, so idle sockets cannot starve a probe;
 - every connection must send its request head (at most ``max_head`` bytes) and take its
   response within ``timeout`` seconds of being accepted: idle and slowloris connections
-  are cut;
-- one request per connection (``Connection: close``), answered in the loop: the three
-  endpoints are cheap, so there is no queue to grow. After its response a connection is
-  half-closed and waits, within the same deadline, for the client to close;
+  are cut. After its response a connection is half-closed and waits, within the same
+  deadline, for the client to close;
+- one request per connection (``Connection: close``). /healthz and /readyz are answered
+  in the loop; every other request goes to one renderer thread, which answers requests
+  alike that wait together with one rendering: a scrape storm neither delays probes nor
+  multiplies the work. Its queue holds at most one request per open connection;
 - a listen backlog of ``backlog`` for bursts of scrapers and probes;
 - when ``accept`` fails for want of descriptors (EMFILE), accepting pauses briefly instead
   of spinning on a listening socket that stays readable.
 
-When nothing happens the thread is blocked in ``epoll_wait`` without a timeout: idle CPU
+When nothing happens both threads are blocked in the kernel without a timeout: idle CPU
 is zero. Requests are not logged.
 """
 
@@ -33,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -52,6 +55,8 @@ ACCEPT_PAUSE_SECONDS = 0.5  # after EMFILE: retry accepting this much later
 WARN_EVERY_SECONDS = 60.0
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+INLINE_PATHS = frozenset({"/healthz", "/readyz"})  # cheap by contract: answered in the loop
+COALESCE_ON = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -179,13 +184,6 @@ def call_app(app: WSGIApp, environ: dict[str, Any]) -> bytes:
     return render(status, headers, body, head_only=environ["REQUEST_METHOD"] == "HEAD")
 
 
-def answer(app: WSGIApp, head: bytes, server_name: str, server_port: int) -> bytes:
-    request = parse_head(head)
-    if request is None:
-        return plain("400 Bad Request", "malformed request\n")
-    return call_app(app, build_environ(request, server_name, server_port))
-
-
 def make_app(registry: CollectorRegistry, health: Health) -> WSGIApp:
     """/metrics from prometheus_client, /healthz and /readyz from health; 404 elsewhere."""
     metrics_app = make_wsgi_app(registry)
@@ -279,8 +277,72 @@ class _Conn:
     sock: socket.socket
     deadline: float
     inbuf: bytearray = field(default_factory=bytearray)
+    events: int = 0  # what the selector watches; 0 while the renderer has it
     out: memoryview | None = None  # the response not yet sent
     draining: bool = False  # response sent: discard input until the client closes
+
+
+def coalesce_key(environ: dict[str, Any]) -> tuple[str, ...]:
+    """What a response of make_app's /metrics depends on: requests alike share one."""
+    return tuple(str(environ.get(name, "")) for name in COALESCE_ON)
+
+
+def render_batch(app: WSGIApp, batch: dict[_Conn, dict[str, Any]]) -> list[tuple[_Conn, bytes]]:
+    """One call of the app per distinct request in batch; its response for each alike."""
+    groups: dict[tuple[str, ...], list[_Conn]] = {}
+    environs: dict[tuple[str, ...], dict[str, Any]] = {}
+    for conn, environ in batch.items():
+        key = coalesce_key(environ)
+        groups.setdefault(key, []).append(conn)
+        environs.setdefault(key, environ)
+    done: list[tuple[_Conn, bytes]] = []
+    for key, conns in groups.items():
+        response = call_app(app, environs[key])
+        done.extend((conn, response) for conn in conns)
+    return done
+
+
+class _Renderer:
+    """One thread runs the app for every path but the probes', off the loop: a probe never
+    waits behind scrapes, and scrapes waiting together cost one rendering. At most one
+    pending request per open connection: the queue is bounded by the cap."""
+
+    def __init__(self, app: WSGIApp, deliver: Callable[[list[tuple[_Conn, bytes]]], None]):
+        self._app = app
+        self._deliver = deliver
+        self._cond = threading.Condition()
+        self._pending: dict[_Conn, dict[str, Any]] = {}
+        self._closing = False
+        self.thread = threading.Thread(target=self._run, name="metrics-render", daemon=True)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def submit(self, conn: _Conn, environ: dict[str, Any]) -> None:
+        with self._cond:
+            self._pending[conn] = environ
+            self._cond.notify()
+
+    def cancel(self, conn: _Conn) -> None:
+        with self._cond:
+            self._pending.pop(conn, None)
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()  # no timeout: no wake-up while idle
+                if self._closing:
+                    return
+                batch, self._pending = self._pending, {}
+            self._deliver(render_batch(self._app, batch))
 
 
 class MetricsServer:
@@ -295,7 +357,11 @@ class MetricsServer:
         self._app = app
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pipe already means "wake up"
         self._conns: dict[int, _Conn] = {}  # accept order, which is deadline order
+        self._rendered: deque[tuple[_Conn, bytes]] = deque()
+        self._renderer = _Renderer(app, self._deliver)
         self._paused_until: float | None = None
         self._last_warning = -WARN_EVERY_SECONDS
         self._closing = False
@@ -308,18 +374,36 @@ class MetricsServer:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the renderer (not counting the one it renders)."""
+        return len(self._renderer)
+
+    def start(self) -> None:
+        self._renderer.thread.start()
+        self.thread.start()
+
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the loop and close every socket (it is a daemon thread: optional)."""
+        """Stop the threads and close every socket (they are daemon threads: optional)."""
         self._closing = True
-        with contextlib.suppress(OSError):  # already closed
-            self._wake_w.send(b"x")
+        self._wake()
         if self.thread.is_alive():
             self.thread.join(timeout)
+        self._renderer.close(timeout)
         self._wake_w.close()
 
     def server_close(self) -> None:
         """socketserver's name for close(), for callers written against it."""
         self.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            self._wake_w.send(b"x")
+
+    def _deliver(self, rendered: list[tuple[_Conn, bytes]]) -> None:
+        """From the renderer's thread: hand responses to the loop."""
+        self._rendered.extend(rendered)
+        self._wake()
 
     def _serve(self) -> None:
         try:
@@ -347,14 +431,27 @@ class MetricsServer:
         if data == "listener":
             self._accept(now)
         elif data == "wake":
-            self._wake_r.recv(64)
-        elif data.sock.fileno() in self._conns:  # not shed earlier in this round
-            if data.draining:
-                self._drain(data)
-            elif data.out is None:
-                self._read(data)
+            self._take_rendered()
+        elif self._is_open(data):  # not shed earlier in this round
+            conn: _Conn = data
+            if conn.out is not None:
+                self._write(conn)
+            elif conn.draining:
+                self._drain(conn)
             else:
-                self._write(data)
+                self._read(conn)
+
+    def _is_open(self, conn: _Conn) -> bool:
+        return self._conns.get(conn.sock.fileno()) is conn  # a closed socket's fileno is -1
+
+    def _take_rendered(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._rendered:
+            conn, response = self._rendered.popleft()
+            if self._is_open(conn):
+                self._respond(conn, response)
 
     def _expire(self, now: float) -> None:
         while self._conns:
@@ -385,7 +482,18 @@ class MetricsServer:
         sock.setblocking(False)
         conn = _Conn(sock, now + self.limits.timeout)
         self._conns[sock.fileno()] = conn
-        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._watch(conn, selectors.EVENT_READ)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if events == conn.events:
+            return
+        if events == 0:
+            self._sel.unregister(conn.sock)
+        elif conn.events == 0:
+            self._sel.register(conn.sock, events, conn)
+        else:
+            self._sel.modify(conn.sock, events, conn)
+        conn.events = events
 
     def _pause_accepting(self, now: float, exc: OSError) -> None:
         """The listener stays readable while accept fails: stop watching it for a while."""
@@ -406,25 +514,36 @@ class MetricsServer:
         except BlockingIOError:
             return
         except OSError:
-            self._close(conn)
-            return
+            data = b""
         if not data:
             self._close(conn)
             return
         conn.inbuf += data
         end = head_end(conn.inbuf)
         if end >= 0:
-            host = str(self.server_address[0])
-            self._respond(conn, answer(self._app, bytes(conn.inbuf[:end]), host, self.server_port))
+            self._route(conn, bytes(conn.inbuf[:end]))
         elif len(conn.inbuf) > self.limits.max_head:
             self._respond(
                 conn, plain("431 Request Header Fields Too Large", "request head too large\n")
             )
 
+    def _route(self, conn: _Conn, head: bytes) -> None:
+        """Probes are answered here and now; anything else by the renderer."""
+        request = parse_head(head)
+        if request is None:
+            self._respond(conn, plain("400 Bad Request", "malformed request\n"))
+            return
+        environ = build_environ(request, str(self.server_address[0]), self.server_port)
+        if environ["PATH_INFO"] in INLINE_PATHS:
+            self._respond(conn, call_app(self._app, environ))
+        else:
+            self._watch(conn, 0)  # input arriving meanwhile must not wake the loop
+            self._renderer.submit(conn, environ)
+
     def _respond(self, conn: _Conn, response: bytes) -> None:
         conn.out = memoryview(response)
         conn.inbuf = bytearray()
-        self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        self._watch(conn, selectors.EVENT_WRITE)
         self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
@@ -449,7 +568,7 @@ class MetricsServer:
             self._close(conn)
             return
         conn.draining = True
-        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        self._watch(conn, selectors.EVENT_READ)
 
     def _drain(self, conn: _Conn) -> None:
         try:
@@ -463,7 +582,10 @@ class MetricsServer:
 
     def _close(self, conn: _Conn) -> None:
         self._conns.pop(conn.sock.fileno(), None)
-        self._sel.unregister(conn.sock)
+        if conn.events:
+            self._sel.unregister(conn.sock)
+        else:
+            self._renderer.cancel(conn)
         conn.sock.close()
 
     def _teardown(self) -> None:
@@ -486,5 +608,5 @@ def start_server(
         limits,
         connection_cap(limits.max_connections, soft),
     )
-    server.thread.start()
+    server.start()
     return server

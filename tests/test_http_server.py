@@ -367,6 +367,61 @@ def test_a_scrape_storm_does_not_starve_healthz(serve: Callable[..., Served]) ->
     assert statuses and set(statuses) == {200}
 
 
+def blocking_app(release: threading.Event, calls: list[str]) -> WSGIApp:
+    """/healthz answers at once; any other path counts its call and waits for release."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["PATH_INFO"] == "/healthz":
+            start_response("200 OK", [])
+            return [b"ok"]
+        calls.append(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        release.wait(BOUND)
+        start_response("200 OK", [])
+        return [environ.get("HTTP_ACCEPT_ENCODING", "plain").encode()]
+
+    return app
+
+
+def test_a_hung_metrics_collection_does_not_delay_healthz(
+    serve: Callable[..., Served],
+) -> None:
+    """While a /metrics rendering hangs, /healthz still answers 200."""
+    release, calls = threading.Event(), []
+    port = serve(app=blocking_app(release, calls)).port
+    scrape = threading.Thread(target=get, args=(port, "/metrics"))
+    scrape.start()
+    try:
+        wait_for(lambda: len(calls) == 1, BOUND, "the scrape to start")
+        assert get(port, "/healthz")[:3:2] == (200, b"ok")
+    finally:
+        release.set()
+        scrape.join(BOUND)
+
+
+def test_scrapes_waiting_together_share_one_rendering(serve: Callable[..., Served]) -> None:
+    """Scrapes queued behind a rendering are answered by one call per distinct request."""
+    release, calls = threading.Event(), []
+    served = serve(app=blocking_app(release, calls))
+    results: list[tuple[int, bytes]] = []
+
+    def scrape(encoding: str) -> None:
+        status, _headers, body = get(served.port, "/metrics", headers={"Accept-Encoding": encoding})
+        results.append((status, body))
+
+    first = threading.Thread(target=scrape, args=("first",))
+    first.start()
+    wait_for(lambda: len(calls) == 1, BOUND, "the first scrape to start")
+    waiting = [threading.Thread(target=scrape, args=(enc,)) for enc in ["a"] * 5 + ["b"] * 3]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: served.server.queued == 8, BOUND, "the scrapes to queue")
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join(BOUND)
+    assert sorted(calls) == ["a", "b", "first"]
+    assert sorted(results) == [(200, b"a")] * 5 + [(200, b"b")] * 3 + [(200, b"first")]
+
+
 def test_no_wake_ups_when_idle(serve: Callable[..., Served]) -> None:
     """With no connection open the loop is blocked: no wake-up in a second of idleness."""
     served = serve()
