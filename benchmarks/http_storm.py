@@ -52,11 +52,12 @@ def fetch(port: int, path: str) -> int:
 
 
 def probe(port: int, gap: float, count: int = 0, seconds: float = 0.0) -> dict[str, Any]:
-    """/healthz probes gap seconds apart, count of them or for seconds: ms, failures."""
+    """/healthz probes gap seconds apart, count of them or for seconds: ms, failures.
+    Gives up after 10 failures (each may take PROBE_TIMEOUT)."""
     latencies: list[float] = []
     failures = 0
     end = time.monotonic() + seconds
-    while len(latencies) + failures < count or time.monotonic() < end:
+    while (len(latencies) + failures < count or time.monotonic() < end) and failures < 10:
         start = time.perf_counter()
         try:
             ok = fetch(port, "/healthz") == 200
@@ -123,9 +124,17 @@ def storm(port: int, scrapers: int, seconds: float) -> Iterator[dict[str, int]]:
 
 
 def open_idle(port: int, count: int) -> list[socket.socket]:
-    return [
-        socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) for _ in range(count)
-    ]
+    """Up to count idle connections; stops after 5 connects fail (a wedged server)."""
+    sockets: list[socket.socket] = []
+    failures = 0
+    while len(sockets) < count and failures < 5:
+        try:
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        except OSError:
+            failures += 1
+    if len(sockets) < count:
+        print(f"  only {len(sockets)} of {count} idle sockets could connect")
+    return sockets
 
 
 def process_figures(pid: int) -> dict[str, int]:
@@ -142,7 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def sidecar(source: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def sidecar(source: Path, port: int, nofile: int) -> Iterator[subprocess.Popen[bytes]]:
     with tempfile.TemporaryDirectory(prefix="http-storm-") as tmp:
         models = Path(tmp, "models")
         env = {**os.environ, "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
@@ -162,13 +171,27 @@ def sidecar(source: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             "5",
         ]
         with open(Path(tmp, "sidecar.log"), "wb") as log:
-            proc = subprocess.Popen(args, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                args,
+                cwd=source,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: limit_nofile(nofile),
+            )
             try:
                 wait_ready(proc, port)
                 yield proc
             finally:
                 proc.terminate()
                 proc.wait(30)
+
+
+def limit_nofile(soft: int) -> None:
+    """In the sidecar's process before exec: its soft RLIMIT_NOFILE (0: inherited)."""
+    if soft:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
@@ -194,7 +217,7 @@ def row(name: str, figures: dict[str, Any], extra: str = "") -> None:
 
 def run(args: argparse.Namespace) -> None:
     port = free_port()
-    with sidecar(args.source, port) as proc:
+    with sidecar(args.source, port, args.sidecar_nofile) as proc:
         cpu = cpu_seconds(proc.pid)
         time.sleep(args.idle_seconds)
         idle_cpu = cpu_seconds(proc.pid) - cpu
@@ -205,12 +228,14 @@ def run(args: argparse.Namespace) -> None:
         row("idle", probe(port, args.gap, count=args.probes))
         sockets = open_idle(port, args.idle_sockets)
         try:
+            cpu = cpu_seconds(proc.pid)
             figures = probe(port, args.gap, count=args.probes)
+            cpu = cpu_seconds(proc.pid) - cpu
             closed = sum(_closed(sock) for sock in sockets)
             row(
                 f"{args.idle_sockets} idle sockets",
                 figures,
-                f"{process_figures(proc.pid)} closed by server: {closed}",
+                f"{process_figures(proc.pid)} closed by server: {closed}, sidecar CPU {cpu:.2f} s",
             )
         finally:
             for sock in sockets:
@@ -252,6 +277,12 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between probes")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--sidecar-nofile",
+        type=int,
+        default=0,
+        help="the sidecar's soft open-file limit (default: inherited)",
+    )
     parser.add_argument(
         "--source", type=Path, default=ROOT, help="checkout whose sidecar runs (default: this one)"
     )
