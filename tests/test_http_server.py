@@ -39,6 +39,7 @@ from service.http_server import (
 from service.metrics import Metrics
 
 IDLE_SOCKETS = 1000
+SIDECAR_NOFILE = 256  # the real sidecar's soft open-file limit: far below 1,000 sockets
 BOUND = 10.0  # seconds: the bound of every wait, never a threshold asserted
 
 
@@ -580,24 +581,40 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def soft_nofile_of(pid: int) -> int:
+    line = next(
+        ln
+        for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
+        if ln.startswith("Max open files")
+    )
+    return int(line.split()[3])
+
+
 def test_the_sidecar_serves_and_promotes_under_1000_idle_sockets(
     models: Path,
     start_daemon: Callable[..., Daemon],
     clients: list[socket.socket],
     nofile: Callable[[int], None],
 ) -> None:
-    """The real sidecar: 1,000 idle sockets leave /healthz 200, its fds bounded, promotion on."""
-    nofile(4096)  # inherited by the sidecar, whose cap is then min(256, 4096 / 4)
-    cap = connection_cap(Limits().max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    daemon = start_daemon(
-        models, "run", "--no-reload", "--metrics-addr", "127.0.0.1", "--poll-interval", "5"
-    )
+    """The real sidecar at 256 descriptors: 1,000 idle sockets leave /healthz 200, its
+    descriptors below the limit and promotion working (the EMFILE wedge of issue 10)."""
+    nofile(4096)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SIDECAR_NOFILE, hard))  # the sidecar's
+    try:
+        daemon = start_daemon(
+            models, "run", "--no-reload", "--metrics-addr", "127.0.0.1", "--poll-interval", "5"
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # the test's 1,000 sockets
     daemon.wait_ready()
+    assert soft_nofile_of(daemon.proc.pid) == SIDECAR_NOFILE
+    cap = connection_cap(Limits().max_connections, SIDECAR_NOFILE)
     before = open_fds(daemon.proc.pid)
     open_idle(daemon.port, IDLE_SOCKETS, clients)
     assert http_get(daemon.url + "/healthz", timeout=BOUND)[0] == 200
     # a pass may hold a directory or a lock file open while we count: 4 spare
-    assert open_fds(daemon.proc.pid) <= before + cap + 4
+    assert open_fds(daemon.proc.pid) <= before + cap + 4 < SIDECAR_NOFILE
     write_bundle(models / "staging", {"model.bin": b"weights"}, version="v1")
     daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version="v1")
     assert os.readlink(models / "current") == "versions/v1"
