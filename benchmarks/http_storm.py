@@ -138,11 +138,14 @@ def open_idle(port: int, count: int) -> list[socket.socket]:
 
 
 def process_figures(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    threads = next(
-        int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:")
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
-    return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
+    return {
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(fields["Threads"]),
+        "rss_mb": int(fields["VmRSS"].split()[0]) // 1024,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
