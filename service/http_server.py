@@ -130,7 +130,7 @@ def build_environ(request: Request, server_name: str, server_port: int) -> dict[
         "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(),
         "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
+        "wsgi.multithread": True,  # the loop and the renderer both call the app
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
     }
@@ -177,11 +177,11 @@ def call_app(app: WSGIApp, environ: dict[str, Any]) -> bytes:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    except Exception:
+        status, headers = started[-1]
+        return render(status, headers, body, head_only=environ["REQUEST_METHOD"] == "HEAD")
+    except Exception:  # the app, or a response that is not HTTP (no status, bad header)
         log.exception("the handler of %s failed", environ.get("PATH_INFO"))
         return plain("500 Internal Server Error", "internal error\n")
-    status, headers = started[-1]
-    return render(status, headers, body, head_only=environ["REQUEST_METHOD"] == "HEAD")
 
 
 def make_app(registry: CollectorRegistry, health: Health) -> WSGIApp:
@@ -415,6 +415,7 @@ class MetricsServer:
                     self._dispatch(key.data, now)
                 self._expire(now)
         except Exception:
+            # a bug, not a request: stop serving so that the liveness probe fails loudly
             log.critical("the metrics server stopped", exc_info=True)
             raise
         finally:

@@ -238,6 +238,20 @@ def test_a_failing_handler_is_a_500_and_the_server_goes_on(
     assert get(port, "/b")[:3:2] == (200, b"fine")
 
 
+def test_an_app_that_answers_garbage_is_a_500(serve: Callable[..., Served]) -> None:
+    """No start_response, or a header that is not Latin-1: 500, and the server goes on."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["PATH_INFO"] == "/header":
+            start_response("200 OK", [("X-Name", "\u2603")])
+        return [b"body"]
+
+    port = serve(app=app).port
+    assert get(port, "/none")[0] == 500
+    assert get(port, "/header")[0] == 500
+    assert get(port, "/none")[0] == 500
+
+
 # -- the bounds ----------------------------------------------------------------------------
 
 
