@@ -10,9 +10,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from service import __version__, history, lockfile, volume
 from service.config import Config
 from service.errors import RollbackError
+from service.health import Health
+from service.http_server import make_app, start_server
 from service.jobs.promote import Promoter
 from service.layout import Layout
-from service.metrics import Health, Metrics, make_app, start_server
+from service.metrics import Metrics
 from service.placement import check_volume
 from service.progress import Progress
 from service.reload import Reloader
@@ -73,18 +75,18 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     check_volume(config, create=True)
     layout = Layout.from_config(config)
     volume.ensure_dirs(layout)
-    progress = Progress()
+    health = Health(clock=time.time)
+    progress = Progress(on_progress=health.progress)  # a long hash is progress
     promoter = build_promoter(config, registry, progress)
     log_start(config, promoter)
-    lock = _claim_volume(config, layout)
-    health = Health(clock=time.time)
-    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
     server = None
-    if config.metrics_port:
-        server, _thread = start_server(config.metrics_addr, config.metrics_port,
-                                       make_app(registry, health))
+    if config.metrics_port:  # first: a port in use exits 2 before the volume is claimed
+        server = start_server(config.metrics_addr, config.metrics_port,
+                              make_app(registry, health))
         log.info("serving /metrics, /healthz, /readyz on %s:%d", config.metrics_addr,
                  server.server_port)
+    lock = _claim_volume(config, layout)
+    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
     watcher = None
     if config.watch:
         from service.watch import start_watch
@@ -98,7 +100,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
         if watcher is not None:
             watcher.close()
         if server is not None:
-            server.server_close()  # no shutdown(): serve_forever blocks without polling
+            server.close()
 
 
 def rollback(config: Config, target: str | None) -> int:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import __version__
 from service.errors import PROMOTION_FAILURE_REASONS, RELOAD_FAILURE_REASONS
-from service.health import Health
-from service.http_server import MetricsServer, WSGIApp, make_app
-from service.http_server import start_server as _start_server
-
-# Transitional: service/app.py and service/scheduler.py still import Health, make_app and
-# start_server from here. Delete these lines (and the function at the end) once they
-# import from service.health and service.http_server.
-__all__ = ["Health", "Metrics", "make_app", "start_server"]
 
 PROMOTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 RELOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -103,9 +94,3 @@ class Metrics:
         self.current_version.clear()
         if version is not None:
             self.current_version.labels(version).set(1)
-
-
-def start_server(addr: str, port: int, app: WSGIApp) -> tuple[MetricsServer, threading.Thread]:
-    """Transitional: the old shape; use service.http_server.start_server."""
-    server = _start_server(addr, port, app)
-    return server, server.thread

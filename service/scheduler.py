@@ -26,9 +26,10 @@ from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from service.errors import one_line
+from service.health import Health
 from service.jobs.promote import Promoter
 from service.lockfile import DaemonLock
-from service.metrics import Health, Metrics
+from service.metrics import Metrics
 from service.progress import Progress
 from service.watch import Watch
 
@@ -64,10 +65,13 @@ class Daemon:
         # After a command's event the command still holds the volume lock for a moment:
         # wait for it rather than skip the pass that delivers the command's reload.
         wait, self._command_pending = self._command_pending, False
-        result = self.promoter.run_pass(wait=wait)
+        self.health.pass_started()
+        try:
+            result = self.promoter.run_pass(wait=wait)
+        finally:
+            self.health.pass_finished()
         if self.lock is not None and not self.lock.held:
             self.lock.acquire(self.lock.info)  # the other daemon may have gone
-        self.health.last_poll = self.clock()
         self.health.ready = True
         if self.watch is not None:
             self.watch.rearm()
