@@ -65,7 +65,8 @@ def bundle_files(root: Path) -> dict[str, Path]:
 def plan_layers(files: Mapping[str, Path], overrides: Mapping[str, bytes],
                 ) -> tuple[list[Layer], dict[str, Path | bytes]]:
     """The layers, and where each digest's bytes come from."""
-    layers, sources = [], {}
+    layers: list[Layer] = []
+    sources: dict[str, Path | bytes] = {}
     for rel, path in files.items():
         if rel not in overrides:
             digest, size = _hash_file(path)
