@@ -131,15 +131,24 @@ def copy_verified(src: Path, part: Path, digest: str) -> bool:
     return True
 
 
+def _reuse(local: Path | None, layer: Layer, part: Path) -> bool:
+    """Copy the current version's file of that digest, when it still checks out."""
+    if local is None:
+        return False
+    try:
+        return local.stat().st_size == layer.size and copy_verified(local, part, layer.digest)
+    except OSError:  # retention removed it meanwhile, or it is unreadable: download
+        part.unlink(missing_ok=True)
+        return False
+
+
 def _obtain_blob(client: RegistryClient, pull: PullDir, layer: Layer,
                  reuse: Mapping[str, Path], progress: Progress,
                  on_chunk: Callable[[int], None] | None) -> None:
     if pull.blob(layer.digest).exists():
         return
     part = pull.part(layer.digest)
-    local = reuse.get(layer.digest)
-    if local is not None and local.stat().st_size == layer.size and copy_verified(
-            local, part, layer.digest):
+    if _reuse(reuse.get(layer.digest), layer, part):
         progress.reused += 1
     else:
         progress.received += client.download_blob(layer.descriptor(), part, on_chunk)
