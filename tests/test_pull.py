@@ -362,3 +362,33 @@ def test_taken_bundle_is_not_restaged_after_an_interrupted_record(
     Job(registry, volume).run()
     assert os.listdir(volume.staging) == ["m"]
     assert json.loads(volume.staged_record.read_text())["state"] == "ready"
+
+
+def test_artifact_with_an_escaping_title_writes_nothing_outside(
+        tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
+    """A manifest whose layer title is `../../escape`: digest_mismatch (not a bundle), no
+    blob downloaded, nothing written outside the pull directory."""
+    import io
+
+    from service.oci import artifact
+
+    pusher = client(registry, actions="pull,push")
+    data = b"payload"
+    digest = "sha256:" + sha256(data)
+    pusher.upload_blob(digest, len(data), io.BytesIO(data))
+    config = artifact.config_descriptor()
+    pusher.upload_blob(config.digest, config.size, io.BytesIO(artifact.CONFIG_BYTES))
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config.media_type, "digest": config.digest,
+                   "size": config.size},
+        "layers": [{"mediaType": artifact.LAYER_MEDIA_TYPE, "digest": digest, "size": 7,
+                    "annotations": {artifact.TITLE: "../../escape"}}]}).encode()
+    pusher.put_manifest("stable", manifest)
+    before = tree_digest(tmp_path)
+    job = Job(registry, volume)
+    assert job.run().reason == "digest_mismatch"
+    assert job.gets("/blobs/") == []
+    after = {k: v for k, v in tree_digest(tmp_path).items()
+             if not k.startswith(("models/.sidecar", "registry"))}
+    assert after == {k: v for k, v in before.items() if not k.startswith("registry")}
