@@ -15,17 +15,24 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import require_tool
-
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 START_DEADLINE = 20.0
+
+
+def _tool(name: str) -> str:
+    """The tool's path (a failure in CI when it is missing, a skip elsewhere)."""
+    from conftest import require_tool  # only under pytest: benchmarks pass the paths
+
+    return require_tool(name)
 
 
 class Registry:
     """``start()`` runs it, ``kill()`` stops it hard, ``start()`` again reuses the port."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
-        self.binary = require_tool("docker-registry")
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
+                 binary: str | None = None, htpasswd: str | None = None) -> None:
+        self.binary = binary or _tool("docker-registry")
+        self._htpasswd_tool = htpasswd
         self.workdir = workdir
         self.storage = workdir / "storage"
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -35,7 +42,7 @@ class Registry:
         self._htpasswd = self._write_htpasswd() if self.users else None
 
     def _write_htpasswd(self) -> Path:
-        htpasswd = require_tool("htpasswd")
+        htpasswd = self._htpasswd_tool or _tool("htpasswd")
         path = self.workdir / "htpasswd"
         lines = [subprocess.run([htpasswd, "-Bbn", user, password], capture_output=True,
                                 text=True, check=True).stdout.strip()
