@@ -421,3 +421,17 @@ def test_registry_ignoring_range_restarts_the_blob(tmp_path: Path) -> None:
         assert "Range" in server.requests[0][2]
     finally:
         server.close()
+
+
+@pytest.mark.registry
+def test_retag_points_stable_at_the_canary_digest(tmp_path: Path, registry: Registry) -> None:
+    """retag canary -> stable: stable names the canary digest, no blob is uploaded."""
+    from service.oci.push import retag
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m").write_bytes(b"x")
+    pushed = push_bundle(client_for(registry), "canary", tmp_path / "b")
+    mover = client_for(registry)
+    assert retag(mover, "canary", "stable") == pushed.digest
+    assert client_for(registry, "pull").head_manifest("stable").digest == pushed.digest
+    assert not [p for p in mover.stats.paths if "/blobs/" in p]

@@ -235,8 +235,8 @@ class PullJob:
 
     def run(self) -> PullResult:
         """One check (and pull, and handoff); failures are counted and logged, never raised."""
-        self.paths.state.mkdir(parents=True, exist_ok=True)
         try:
+            self.paths.state.mkdir(parents=True, exist_ok=True)
             with fsops.volume_lock(self.paths.lock, wait=False):
                 return self._run()
         except LockBusy:

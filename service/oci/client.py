@@ -231,7 +231,8 @@ class RegistryClient:
             raise RegistryError("digest_mismatch", f"HEAD {what}: no sha256 digest in the answer")
         if target.startswith("sha256:") and digest != target:
             raise RegistryError("digest_mismatch", f"HEAD {what}: answered for {digest}")
-        size = int(response.headers.get("Content-Length") or 0)
+        length = response.headers.get("Content-Length", "")
+        size = int(length) if length.isdigit() else 0
         media = response.headers.get("Content-Type", OCI_MANIFEST).split(";")[0]
         return Descriptor(media, digest, size)
 

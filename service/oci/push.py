@@ -106,3 +106,11 @@ def push_bundle(client: RegistryClient, tag: str, root: Path,
         client.upload_blob(config.digest, config.size, io.BytesIO(CONFIG_BYTES))
     digest = client.put_manifest(tag, build_manifest(layers))
     return PushResult(digest, len(layers), uploaded, skipped)
+
+
+def retag(client: RegistryClient, source: str, tag: str) -> str:
+    """Point tag at the manifest source (a tag or digest) names: a ring's promotion
+    (``canary`` -> ``stable``) without uploading anything; the digest, verified."""
+    digest = client.head_manifest(source).digest
+    data = client.get_manifest(digest)
+    return client.put_manifest(tag, data)
