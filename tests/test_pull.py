@@ -392,3 +392,44 @@ def test_artifact_with_an_escaping_title_writes_nothing_outside(
     after = {k: v for k, v in tree_digest(tmp_path).items()
              if not k.startswith(("models/.sidecar", "registry"))}
     assert after == {k: v for k, v in before.items() if not k.startswith("registry")}
+
+
+def test_stop_abandons_the_download_and_a_restart_resumes(tmp_path: Path, registry: Registry,
+                                                          volume: PullPaths) -> None:
+    """stop() during a download (SIGTERM): `stopped` at the next chunk, no failure counted,
+    the partial file kept; a new job resumes it with a Range request."""
+    data = os.urandom(16 * 1024 * 1024)
+    push(registry, make_bundle(tmp_path / "b", {"model.bin": data}, "v1"), "stable")
+    holder: list[PullJob] = []
+    received = [0]
+
+    def stop_after_4_mib(length: int) -> None:
+        received[0] += length
+        if received[0] >= 4 * 1024 * 1024:
+            holder[0].stop()
+
+    first = Job(registry, volume, on_chunk=stop_after_4_mib)
+    holder.append(first.job)
+    assert first.run().outcome == "stopped"
+    assert first.value("model_sidecar_pulls_total", outcome="failure") == 0
+    assert sum(first.value("model_sidecar_pull_failures_total", reason=r)
+               for r in ("connection", "io_error")) == 0
+    (part,) = volume.pull.glob("sha256-*/blobs/*.part")
+    assert 0 < part.stat().st_size < len(data)
+    second = Job(registry, volume)
+    assert second.run().outcome == "staged"
+    assert second.client.stats.range_requests == 1
+    assert (volume.staging / "model.bin").read_bytes() == data
+
+
+def test_trickling_blob_is_cut_off_as_connection(tmp_path: Path, registry: Registry,
+                                                 volume: PullPaths) -> None:
+    """A blob slower than the minimum rate (an injected clock that runs fast): the download
+    stops with `connection` instead of holding the job, the partial file kept."""
+    push(registry, make_bundle(tmp_path / "b", {"model.bin": os.urandom(4 * 1024 * 1024)},
+                               "v1"), "stable")
+    job = Job(registry, volume)
+    ticks = iter(range(0, 10**9, 1000))
+    job.client.clock = lambda: float(next(ticks))
+    assert job.run().reason == "connection"
+    assert list(volume.pull.glob("sha256-*/blobs/*.part"))

@@ -25,6 +25,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,10 +87,15 @@ class PullPaths:
         return self.root / "versions"
 
 
+class PullStopped(Exception):
+    """The daemon is stopping: the download is abandoned, its partial files kept."""
+
+
 @dataclass(frozen=True)
 class PullResult:
     """``up_to_date``, ``known``, ``staged``, ``waiting`` (downloaded, staging busy),
-    ``failed`` (with ``reason``) or ``busy`` (another pull holds the pull lock)."""
+    ``failed`` (with ``reason``), ``busy`` (another pull holds the pull lock) or
+    ``stopped`` (:meth:`PullJob.stop` was called during the download)."""
 
     outcome: str
     digest: str | None = None
@@ -232,6 +238,18 @@ class PullJob:
         self.monotonic = monotonic
         self.on_chunk = on_chunk
         self._last_failure: tuple[str, str] | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Abandon a download in progress at its next chunk (SIGTERM: exit within 5 s).
+        The partial files stay and the next start resumes them."""
+        self._stopping.set()
+
+    def _chunk(self, length: int) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(length)
+        if self._stopping.is_set():
+            raise PullStopped
 
     def run(self) -> PullResult:
         """One check (and pull, and handoff); failures are counted and logged, never raised."""
@@ -272,8 +290,12 @@ class PullJob:
         try:
             progress = download(self.client, pull, digest,
                                 reusable_files(version_dir, self.paths.manifest_name),
-                                self.on_chunk)
+                                self._chunk)
             reason, detail = None, ""
+        except PullStopped:
+            self.metrics.pull_bytes.inc(self.client.stats.bytes_received - before)
+            log.info("pull of %s stopped; it resumes at the next start", digest)
+            return PullResult("stopped", digest)
         except SidecarError as exc:
             reason, detail = _reason(exc), exc.detail
         except OSError as exc:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit registries commonly enforce
 MAX_TOKEN_BYTES = 64 * 1024
 CHUNK = 1024 * 1024
 TIMEOUT = (5.0, 30.0)  # connect, and between two reads of a body
+# A body that trickles (a byte every 29 s never trips the read timeout) must not hold the
+# job forever: a blob gets BLOB_FLOOR_SECONDS plus its size at MIN_BYTES_PER_SECOND.
+BLOB_FLOOR_SECONDS = 60.0
+MIN_BYTES_PER_SECOND = 256 * 1024
 MAX_REDIRECTS = 3
 AUTH_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -112,13 +117,15 @@ class RegistryClient:
     def __init__(self, registry: str, repository: str, *,
                  insecure: frozenset[str] = frozenset(), auth_file: Path | None = None,
                  session: requests.Session | None = None,
-                 timeout: tuple[float, float] = TIMEOUT, actions: str = "pull") -> None:
+                 timeout: tuple[float, float] = TIMEOUT, actions: str = "pull",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.repository = repository
         self.base = base_url(registry, insecure)
         self.auth_file = auth_file
         self.session = session or make_session()
         self.timeout = timeout
+        self.clock = clock
         self.actions = actions
         self.stats = Stats()
         self._authorization: str | None = None
@@ -297,11 +304,17 @@ class RegistryClient:
             raise self._fail(response, f"PUT blob {digest}")
         self.stats.bytes_sent += size
 
-    def _counter(self, progress: Callable[[int], None] | None) -> Callable[[int], None]:
+    def _counter(self, descriptor: Descriptor, remaining: int,
+                 progress: Callable[[int], None] | None) -> Callable[[int], None]:
+        deadline = self.clock() + BLOB_FLOOR_SECONDS + remaining / MIN_BYTES_PER_SECOND
+
         def count(length: int) -> None:
             self.stats.bytes_received += length
             if progress is not None:
                 progress(length)
+            if self.clock() > deadline:
+                raise RegistryError("connection", f"blob {descriptor.digest}: slower than "
+                                    f"{MIN_BYTES_PER_SECOND} B/s, stopped (resumed later)")
 
         return count
 
@@ -326,8 +339,8 @@ class RegistryClient:
                 elif response.status_code not in (200, 206) or (
                         response.status_code == 206 and not _range_starts(response, offset)):
                     raise self._fail(response, f"GET blob {descriptor.digest}")
-                received = _stream_to(response, part, offset, descriptor, hasher,
-                                      self._counter(progress))
+                count = self._counter(descriptor, descriptor.size - offset, progress)
+                received = _stream_to(response, part, offset, descriptor, hasher, count)
         else:
             received = 0
         _check_complete(part, descriptor, hasher)
@@ -397,12 +410,11 @@ def _stream_to(response: requests.Response, part: Path, offset: int, descriptor:
                 received += len(chunk)
                 count(len(chunk))
         except requests.RequestException as exc:
-            out.flush()
-            os.fsync(out.fileno())  # keep what arrived: the next attempt resumes from it
             raise RegistryError("connection", f"blob {descriptor.digest} after "
                                 f"{offset + received} B: {type(exc).__name__}") from None
-        out.flush()
-        os.fsync(out.fileno())
+        finally:
+            out.flush()
+            os.fsync(out.fileno())  # keep what arrived: the next attempt resumes from it
     return received
 
 
