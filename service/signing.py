@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -109,22 +111,55 @@ def encode_signature(raw: bytes) -> bytes:
     return base64.b64encode(raw) + b"\n"
 
 
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, the group order
+
+
 def verifies(data: bytes, signature: bytes, keys: tuple[bytes, ...]) -> bool:
     """Whether signature over data verifies under at least one of keys."""
-    from nacl.exceptions import BadSignatureError, CryptoError
-    from nacl.signing import VerifyKey
-
-    for key in keys:
-        try:
-            VerifyKey(key).verify(data, signature)
-        except (BadSignatureError, CryptoError, ValueError):
-            continue
-        return True
-    return False
+    return any(_verify_one(data, signature, key) for key in keys)
 
 
-def listed_files(manifest: bytes) -> set[str]:
-    """The normalised paths of the manifest's ``files`` (manifest_invalid if unusable)."""
+def _verify_one(data: bytes, signature: bytes, key: bytes) -> bool:
+    """RFC 8032 Ed25519 verification, cofactorless as libsodium does, without copying data.
+
+    PyNaCl's VerifyKey.verify concatenates signature and message and has libsodium
+    write the message out again: three copies of a 32 MiB manifest. Verification needs
+    the message once, in SHA-512(R || A || M), so the hash is streamed with hashlib and
+    the group arithmetic is libsodium's: [S]B - [k]A must encode to R. S must be
+    canonical and A a valid point of the prime-order subgroup (small-order keys refused),
+    as crypto_sign_verify_detached requires. The tests cross-check it against PyNaCl.
+    """
+    import hmac
+
+    from nacl import bindings
+    from nacl.exceptions import CryptoError
+
+    r_bytes, s_bytes = signature[:32], signature[32:]
+    if len(signature) != SIGNATURE_BYTES or len(key) != KEY_BYTES:
+        return False
+    if int.from_bytes(s_bytes, "little") >= ED25519_ORDER:
+        return False
+    try:
+        if not bindings.crypto_core_ed25519_is_valid_point(key):
+            return False
+        k = bindings.crypto_core_ed25519_scalar_reduce(_sha512_parts(r_bytes, key, data))
+        s_b = bindings.crypto_scalarmult_ed25519_base_noclamp(s_bytes)
+        k_a = bindings.crypto_scalarmult_ed25519_noclamp(k, key)
+        expected = bindings.crypto_core_ed25519_sub(s_b, k_a)
+    except (CryptoError, ValueError, TypeError):  # an identity result, a bad encoding
+        return False
+    return hmac.compare_digest(expected, r_bytes)
+
+
+def _sha512_parts(*parts: bytes) -> bytes:
+    hasher = hashlib.sha512()
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
+
+
+def listed_files(manifest: bytes) -> list[str]:
+    """The paths of the manifest's ``files`` (manifest_invalid if unusable)."""
     try:
         value = json.loads(manifest)
     except (ValueError, RecursionError) as exc:
@@ -132,7 +167,7 @@ def listed_files(manifest: bytes) -> set[str]:
     files = value.get("files", {}) if isinstance(value, dict) else None
     if not isinstance(files, dict):
         raise BundleRejected("manifest_invalid", "manifest is not an object with a files map")
-    return {PurePosixPath(name).as_posix() for name in files}
+    return list(files)
 
 
 # -- doing: thin I/O -----------------------------------------------------------------------
@@ -203,41 +238,55 @@ def _read_manifest(root: Path, name: str) -> bytes:
         raise BundleRejected("manifest_invalid", f"{name} is not a regular file") from None
 
 
-def regular_files(root: Path) -> list[str]:
+def regular_files(root: Path) -> Iterator[str]:
     """Relative POSIX paths of every regular file under root (symlinks not followed)."""
-    found, stack = [], [os.fspath(root)]
+    stack = [os.fspath(root)]
     while stack:
         with os.scandir(stack.pop()) as directory:
             for entry in directory:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    found.append(Path(os.path.relpath(entry.path, root)).as_posix())
-    return found
+                    yield Path(os.path.relpath(entry.path, root)).as_posix()
 
 
-def check_coverage(root: Path, manifest_name: str, listed: set[str]) -> None:
-    exempt = {manifest_name, manifest_name + SIG_SUFFIX, "READY"}
-    for rel in sorted(regular_files(root)):
-        if rel not in exempt and rel not in listed:
+def check_coverage(root: Path, manifest_name: str, listed: Iterable[str]) -> None:
+    """Every regular file of the bundle other than the manifest and its signature is
+    listed (``listed``: the keys of the manifest's ``files``, as the validation parsed
+    them); else signature_invalid naming one file that is not."""
+    covered = {PurePosixPath(name).as_posix() for name in listed}
+    covered.update((manifest_name, manifest_name + SIG_SUFFIX, "READY"))
+    for rel in regular_files(root):
+        if rel not in covered:
             raise BundleRejected("signature_invalid",
                                  f"{rel!r} is not listed in the signed manifest's files")
 
 
-def verify_bundle(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
-    """Check the bundle's signature first; the manifest bytes, read once, for reuse.
+def verify_signature(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
+    """The manifest bytes, read once, after its signature verified under one of keys.
 
     Raises BundleRejected: ``signature_missing`` (no ``<manifest>.sig``),
-    ``signature_invalid`` (bad base64 or length, no key verifies, a regular file not
-    listed in ``files``), ``manifest_missing``/``manifest_invalid`` when there is no
-    manifest to verify or it is over 32 MiB. Nothing but the signature and the manifest
-    is read before the signature verifies.
+    ``signature_invalid`` (not a regular file, bad base64 or length, no key verifies),
+    ``manifest_missing``/``manifest_invalid`` when there is no manifest to verify or it
+    is over 32 MiB. Nothing but these two files is read.
     """
     signature = decode_signature(_read_signature(root, manifest_name + SIG_SUFFIX))
     data = _read_manifest(root, manifest_name)
     if not verifies(data, signature, keys.keys):
         raise BundleRejected("signature_invalid",
                              f"no key of {keys.path} verifies the signature of {manifest_name}")
+    return data
+
+
+def verify_bundle(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
+    """verify_signature, then check_coverage with the manifest's ``files`` parsed here;
+    the manifest bytes for reuse.
+
+    This parses the manifest with json (memory about ten times its size): for a large
+    manifest, call verify_signature, parse the bytes with the bounded manifest reader,
+    and call check_coverage with its file names.
+    """
+    data = verify_signature(root, manifest_name, keys)
     check_coverage(root, manifest_name, listed_files(data))
     return data
 

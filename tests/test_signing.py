@@ -332,3 +332,67 @@ def test_damaged_public_key_never_verifies(
     except signing.KeyFileError:
         return
     assert reason_of(root, damaged) == "signature_invalid"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300),
+       st.integers(-1, 63), st.integers(1, 255))
+def test_verification_agrees_with_libsodium(seed: bytes, message: bytes, index: int,
+                                            mask: int) -> None:
+    """Our streaming verification accepts exactly what PyNaCl's verify accepts, for good
+    signatures and for signatures with a byte damaged (index -1: untouched)."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import SigningKey
+
+    key = SigningKey(seed)
+    signature = bytearray(key.sign(message).signature)
+    if index >= 0:
+        signature[index] ^= mask
+    try:
+        key.verify_key.verify(message, bytes(signature))
+        expected = True
+    except BadSignatureError:
+        expected = False
+    assert signing.verifies(message, bytes(signature), (bytes(key.verify_key),)) is expected
+
+
+def test_small_order_key_is_refused() -> None:
+    """The identity point as a key with R = identity, S = 0 (valid for any message under
+    a lax verifier) verifies nothing."""
+    identity = bytes([1]) + bytes(31)
+    assert not signing.verifies(b"anything", identity + bytes(32), (identity,))
+
+
+def test_non_canonical_s_is_refused() -> None:
+    """S + L (the same scalar, not canonical) does not verify: no malleable signatures."""
+    from nacl.signing import SigningKey
+
+    key = SigningKey(bytes(range(32)))
+    signature = key.sign(b"m").signature
+    s = int.from_bytes(signature[32:], "little") + signing.ED25519_ORDER  # < 2**253
+    mangled = signature[:32] + s.to_bytes(32, "little")
+    assert signing.verifies(b"m", signature, (bytes(key.verify_key),))
+    assert not signing.verifies(b"m", mangled, (bytes(key.verify_key),))
+
+
+def test_verifying_a_32_mib_manifest_holds_one_copy(tmp_path: Path, keygen: Keygen) -> None:
+    """verify_signature of a 32 MiB manifest allocates its bytes once (traced by
+    tracemalloc), not the two more copies PyNaCl's VerifyKey.verify would make."""
+    import tracemalloc
+
+    private, public = keygen("a")
+    root = tmp_path / "b"
+    root.mkdir()
+    manifest = b'{"files": {}, "pad": "' + b"x" * (signing.MAX_MANIFEST_BYTES - 40) + b'"}'
+    (root / "manifest.json").write_bytes(manifest)
+    sign_bundle(root, private)
+    del manifest
+    keys = signing.load_trusted_keys(public)
+    tracemalloc.start()
+    try:
+        data = signing.verify_signature(root, "manifest.json", keys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) > signing.MAX_MANIFEST_BYTES - 100
+    assert peak < len(data) + 1024 * 1024, f"peak {peak} B for a {len(data)} B manifest"
