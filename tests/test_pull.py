@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from registry import Registry
 
 from service import history
+from service.errors import BundleRejected
 from service.jobs import pull as pulljob
 from service.jobs.pull import PullJob, PullPaths, PullResult, record_outcome, staged_digest
 from service.oci.client import RegistryClient
@@ -433,3 +434,34 @@ def test_trickling_blob_is_cut_off_as_connection(tmp_path: Path, registry: Regis
     job.client.clock = lambda: float(next(ticks))
     assert job.run().reason == "connection"
     assert list(volume.pull.glob("sha256-*/blobs/*.part"))
+
+
+def test_pulled_signed_bundle_verifies_in_staging(tmp_path: Path, registry: Registry,
+                                                  volume: PullPaths) -> None:
+    """A bundle pushed with its signature as a layer verifies after the pull, as the
+    promotion's validation will check it; an extra unlisted file is caught there."""
+    import subprocess
+
+    from conftest import require_tool
+
+    from service import signing
+
+    openssl = require_tool("openssl")
+    key, pub = tmp_path / "key.pem", tmp_path / "pub.pem"
+    subprocess.run([openssl, "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
+    subprocess.run([openssl, "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True)
+    bundle = make_bundle(tmp_path / "b", {"model.onnx": b"w"}, "v1")
+    manifest = (bundle / "manifest.json").read_bytes()
+    overrides = {"manifest.json.sig": signing.sign_manifest(manifest, key)}
+    push_bundle(client(registry, actions="pull,push"), "stable", bundle, overrides)
+    Job(registry, volume).run()
+    keys = signing.load_trusted_keys(pub)
+    assert signing.verify_bundle(volume.staging, "manifest.json", keys) == manifest
+    (bundle / "extra.py").write_bytes(b"not signed")
+    push_bundle(client(registry, actions="pull,push"), "canary", bundle, overrides)
+    target = tmp_path / "models2"
+    (target / "staging").mkdir(parents=True)
+    other = PullPaths(target, target / "staging", target / "current")
+    Job(registry, other, tag="canary").run()
+    with pytest.raises(BundleRejected, match=r"extra\.py"):
+        signing.verify_bundle(other.staging, "manifest.json", keys)
