@@ -283,23 +283,16 @@ class PullJob:
         return self._handoff(pull, digest)
 
     def _download(self, pull: PullDir, digest: str) -> PullResult | None:
+        """Download the artifact; None when it is complete, else the result to return."""
         prune(self.paths.pull, keep=pull.root)
         before, started = self.client.stats.bytes_received, self.monotonic()
         log.info("pulling %s (%s)", self.reference, digest)
-        version_dir = self._current_dir()
         try:
-            progress = download(self.client, pull, digest,
-                                reusable_files(version_dir, self.paths.manifest_name),
-                                self._chunk)
-            reason, detail = None, ""
+            reason, detail = self._attempt(pull, digest)
         except PullStopped:
             self.metrics.pull_bytes.inc(self.client.stats.bytes_received - before)
             log.info("pull of %s stopped; it resumes at the next start", digest)
             return PullResult("stopped", digest)
-        except SidecarError as exc:
-            reason, detail = _reason(exc), exc.detail
-        except OSError as exc:
-            reason, detail = "io_error", f"{exc.filename or pull.root}: {exc.strerror}"
         received, duration = self.client.stats.bytes_received - before, self.monotonic() - started
         self.metrics.pull_bytes.inc(received)
         self.metrics.pull_duration.observe(duration)
@@ -308,9 +301,20 @@ class PullJob:
         if reason is not None:
             return self._failed(digest, reason, detail)
         self._last_failure = None
-        log.info("pulled %s: %s B received, %s files downloaded, %s reused from current",
-                 digest, received, progress.downloaded, progress.reused)
         return None
+
+    def _attempt(self, pull: PullDir, digest: str) -> tuple[str | None, str]:
+        """(None, "") when the download completed, else the failure reason and detail."""
+        reuse = reusable_files(self._current_dir(), self.paths.manifest_name)
+        try:
+            progress = download(self.client, pull, digest, reuse, self._chunk)
+        except SidecarError as exc:
+            return _reason(exc), exc.detail
+        except OSError as exc:
+            return "io_error", f"{exc.filename or pull.root}: {exc.strerror}"
+        log.info("pulled %s: %s files downloaded, %s reused from current", digest,
+                 progress.downloaded, progress.reused)
+        return None, ""
 
     def _current_dir(self) -> Path | None:
         name = current_version(self.paths)
