@@ -124,7 +124,7 @@ def remember(state: Path, digest: str, status: str, version: str | None,
 def staged_digest(state: Path, manifest_bytes: bytes | None) -> str | None:
     """The digest of the pulled bundle whose manifest is manifest_bytes, if it is the one
     the pull job staged; the promotion side calls this on the bundle it claimed."""
-    record = fsops_read(state / "pull-staged.json")
+    record = read_state(state / "pull-staged.json")
     if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
         return None
     expected = record.get("manifest_sha256")
@@ -138,7 +138,7 @@ def record_outcome(state: Path, digest: str, outcome: str, version: str | None,
     ``rejected``. Remembered for good; the staged record is cleared."""
     assert outcome in OUTCOMES, outcome
     remember(state, digest, outcome, version, clock)
-    record = fsops_read(state / "pull-staged.json")
+    record = read_state(state / "pull-staged.json")
     if isinstance(record, dict) and record.get("digest") == digest:
         (state / "pull-staged.json").unlink(missing_ok=True)
         fsops.fsync_dir(state)
@@ -154,7 +154,7 @@ def digest_of_version(state: Path, version: str | None) -> str | None:
     return None
 
 
-def fsops_read(path: Path) -> object | None:
+def read_state(path: Path) -> object | None:
     """A JSON state file, or None when it is missing or damaged (it is rewritten)."""
     try:
         return fsops.read_json(path)
@@ -363,7 +363,7 @@ class PullJob:
 
     def _finish_handoff(self) -> None:
         """Finish a handoff a crash interrupted: files still to move, or READY missing."""
-        record = fsops_read(self.paths.staged_record)
+        record = read_state(self.paths.staged_record)
         if not isinstance(record, dict) or record.get("state") != "moving":
             return
         digest = str(record.get("digest"))
