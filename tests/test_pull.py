@@ -465,3 +465,34 @@ def test_pulled_signed_bundle_verifies_in_staging(tmp_path: Path, registry: Regi
     Job(registry, other, tag="canary").run()
     with pytest.raises(BundleRejected, match=r"extra\.py"):
         signing.verify_bundle(other.staging, "manifest.json", keys)
+
+
+def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path,
+                                                        volume: PullPaths) -> None:
+    """The auth file is re-read: a wrong password fixed in the file (a rotated Secret)
+    lets the same job pull at its next run."""
+    reg = Registry(tmp_path / "registry", users={"fleet": "new-pass"}).start()
+    try:
+        auth = reg.auth_file(tmp_path / "config.json", "fleet", "old-pass")
+        push(reg, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable",
+             reg.auth_file(tmp_path / "pusher.json", "fleet", "new-pass"))
+        job = Job(reg, volume, auth_file=auth)
+        assert job.run().reason == "auth"
+        reg.auth_file(auth, "fleet", "new-pass")
+        assert job.run().outcome == "staged"
+    finally:
+        reg.stop()
+
+
+def test_reuse_ignores_paths_outside_the_current_version(tmp_path: Path) -> None:
+    """A current manifest listing absolute or `..` paths offers nothing for reuse."""
+    from service.oci.pull import reusable_files
+
+    version = tmp_path / "versions" / "v1"
+    version.mkdir(parents=True)
+    (version / "ok").write_bytes(b"1")
+    (tmp_path / "outside").write_bytes(b"2")
+    files = {"ok": {"sha256": sha256(b"1")}, "../../outside": {"sha256": sha256(b"2")},
+             str(tmp_path / "outside"): {"sha256": sha256(b"2")}}
+    (version / "manifest.json").write_text(json.dumps({"files": files}))
+    assert reusable_files(version, "manifest.json") == {"sha256:" + sha256(b"1"): version / "ok"}

@@ -21,7 +21,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from service import fsops
 from service.oci.artifact import Layer, parse_manifest
@@ -104,7 +104,8 @@ def reusable_files(version_dir: Path | None, manifest_name: str) -> dict[str, Pa
     for name, spec in (files if isinstance(files, dict) else {}).items():
         sha = spec.get("sha256") if isinstance(spec, dict) else None
         path = version_dir / name
-        if isinstance(sha, str) and ".." not in Path(name).parts and _is_regular(path):
+        safe = not PurePosixPath(name).is_absolute() and ".." not in PurePosixPath(name).parts
+        if isinstance(sha, str) and safe and _is_regular(path):
             found.setdefault(f"sha256:{sha}", path)
     return found
 
