@@ -496,3 +496,15 @@ def test_reuse_ignores_paths_outside_the_current_version(tmp_path: Path) -> None
              str(tmp_path / "outside"): {"sha256": sha256(b"2")}}
     (version / "manifest.json").write_text(json.dumps({"files": files}))
     assert reusable_files(version, "manifest.json") == {"sha256:" + sha256(b"1"): version / "ok"}
+
+
+def test_pull_does_not_need_the_volume_lock(tmp_path: Path, registry: Registry,
+                                            volume: PullPaths) -> None:
+    """With `.sidecar/lock` held (a promotion in progress), a pull still downloads and
+    stages: it never takes the volume lock."""
+    from service import fsops
+
+    push(registry, make_bundle(tmp_path / "b", {"m": os.urandom(100_000)}, "v1"), "stable")
+    volume.state.mkdir(parents=True)
+    with fsops.volume_lock(volume.state / "lock", wait=False):
+        assert Job(registry, volume).run().outcome == "staged"
