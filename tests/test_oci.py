@@ -166,7 +166,7 @@ def test_manifest_round_trip() -> None:
 
 
 @pytest.mark.parametrize("title", ["../x", "/etc/passwd", "a/../../x", "", ".", "READY", None,
-                                   "a\x00b", 7])
+                                   "a\x00b", 7, "d/" + "n" * 256, "x" * 5000])
 def test_unsafe_titles_are_refused(title: Any) -> None:
     """Titles that leave the bundle or are not paths: digest_mismatch (not a bundle)."""
     data = json.dumps({"layers": [layer_json(title)]}).encode()

@@ -24,6 +24,7 @@ TITLE = "org.opencontainers.image.title"
 CONFIG_BYTES = b"{}"
 MAX_LAYERS = 100_000
 MAX_PATH = 4096
+MAX_NAME = 255  # one path component, as Linux filesystems allow
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def safe_title(raw: object) -> str:
     path = PurePosixPath(raw)
     if path.is_absolute() or ".." in path.parts:
         raise _invalid(f"layer title {raw!r} leaves the bundle")
+    if any(len(part.encode()) > MAX_NAME for part in path.parts):
+        raise _invalid(f"layer title {raw[:80]!r}… has a name over {MAX_NAME} bytes")
     normal = path.as_posix()
     if normal in (".", "READY") or "\\" in normal:
         raise _invalid(f"layer title {raw!r} is not allowed")
