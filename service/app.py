@@ -5,26 +5,40 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from service import __version__
+from service import __version__, history, lockfile, volume
 from service.config import Config
 from service.errors import RollbackError
 from service.jobs.promote import Promoter
+from service.layout import Layout
 from service.metrics import Health, Metrics, make_app, start_server
+from service.placement import check_volume
+from service.progress import Progress
 from service.reload import Reloader
+from service.startline import start_message
 
 log = logging.getLogger(__name__)
 
 
-def build_promoter(config: Config, registry: CollectorRegistry) -> Promoter:
-    # *_created series double the exposition and no panel uses them
-    disable_created_metrics()  # type: ignore[no-untyped-call]
-    return Promoter(config, Metrics(registry), Reloader(config))
+def build_promoter(config: Config, registry: CollectorRegistry,
+                   progress: Progress | None = None, retried_later: bool = True,
+                   record_pending: bool | None = None) -> Promoter:
+    return Promoter(config, Metrics(registry), Reloader(config), progress=progress,
+                    retried_later=retried_later, record_pending=record_pending)
 
 
-def log_start(config: Config) -> None:
-    log.info("forecaster-sidecar %s starting with %s", __version__, config.redacted())
+def log_start(config: Config, promoter: Promoter) -> None:
+    """One human line, and the effective configuration as fields (secrets redacted)."""
+    try:
+        current = promoter.current()
+    except OSError:
+        current = None
+    line, fields = start_message(config, current, promoter.interval())
+    log.info("%s", line, extra={"fields": {"sidecar_version": __version__, **fields}})
+    if config.reload_token_file is not None and not config.reload_token_file.exists():
+        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) "
+                    "until it does", config.reload_token_file)
     if config.reload_token_file is not None and not config.reload_token_file.exists():
         log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail until it does",
                     config.reload_token_file)
@@ -32,21 +46,39 @@ def log_start(config: Config) -> None:
 
 def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
     """One pass (recovery, promotion, pending reload); exit 1 when its work failed."""
-    log_start(config)
-    promoter = build_promoter(config, registry or CollectorRegistry())
+    check_volume(config, create=True)
+    promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
+    log_start(config, promoter)
     result = promoter.run_pass(wait=True)
     log.info("single pass done: %s%s", result.outcome,
-             " (reload failed)" if result.reload_failed else "")
+             " (the reload failed)" if result.reload_failed else "")
     return 1 if result.failed else 0
+
+
+def _claim_volume(config: Config, layout: Layout) -> lockfile.DaemonLock:
+    reload = config.redacted().get("reload_url") if config.reload_url else None
+    me = lockfile.this_process(None if reload is None else str(reload), config.reload_method,
+                               history.rfc3339(time.time()))
+    lock = lockfile.DaemonLock(layout.daemon_lock, me)
+    other = lock.acquire(me)
+    if other is not None:
+        log.warning("another sidecar daemon runs on %s (%s); passes take turns on the "
+                    "volume lock", config.models_root, other.describe())
+    return lock
 
 
 def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     from service.scheduler import Daemon
 
-    log_start(config)
-    promoter = build_promoter(config, registry)
+    check_volume(config, create=True)
+    layout = Layout.from_config(config)
+    volume.ensure_dirs(layout)
+    progress = Progress()
+    promoter = build_promoter(config, registry, progress)
+    log_start(config, promoter)
+    lock = _claim_volume(config, layout)
     health = Health(clock=time.time)
-    daemon = Daemon(promoter, promoter.metrics, health, time.time)
+    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
     server = None
     if config.metrics_port:
         server, _thread = start_server(config.metrics_addr, config.metrics_port,
@@ -57,10 +89,12 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     if config.watch:
         from service.watch import start_watch
 
-        watcher = daemon.watch = start_watch(promoter.layout.staging, daemon.wake)
+        watcher = daemon.watch = start_watch(layout.staging, layout.state, daemon.wake,
+                                             daemon.wake_for_command)
     try:
         return daemon.run()
     finally:
+        lock.release()
         if watcher is not None:
             watcher.close()
         if server is not None:
@@ -68,13 +102,25 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
 
 
 def rollback(config: Config, target: str | None) -> int:
-    """Switch current back, record it, ask for a reload; 1 when any of it failed."""
-    log_start(config)
-    promoter = build_promoter(config, CollectorRegistry())
+    """Switch current back and record it; the reload goes to the daemon on the volume
+    when one runs (with its own reload settings), else it is sent from here."""
+    check_volume(config, create=False)
+    layout = Layout.from_config(config)
+    daemon = lockfile.read_daemon(layout)
+    # A running daemon delivers the reload with its own settings (none when it has
+    # reloading disabled); this command's settings apply only when no daemon runs.
+    record = None if daemon is None else daemon.reload is not None
+    promoter = build_promoter(config, CollectorRegistry(), retried_later=False,
+                              record_pending=record)
     version = promoter.rollback(target, "manual")
-    print(f"current is {version}")
-    result = promoter.deliver_reload()
+    print(f"current is {version} (in {config.models_root})")
+    if daemon is not None:
+        print(f"the daemon ({daemon.describe()}) delivers the reload"
+              if daemon.reload else f"the daemon ({daemon.describe()}) has reloading disabled")
+        return 0
+    result = promoter.delivery.send_pending()
     if result is not None and result.error is not None:
         raise RollbackError(f"switched to {version}, but the reload failed "
-                            f"({result.error.reason}); the daemon retries it")
+                            f"({result.error.reason}); a daemon on this volume retries it "
+                            f"when it starts")
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from service.errors import BundleRejected
+from service.progress import Progress
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -93,48 +94,127 @@ def manifest_poll_interval(raw: object) -> object:
     return None
 
 
-def _check_symlink(root: Path, real_root: str, path: Path) -> None:
-    target = os.readlink(path)
-    real = os.path.realpath(path)
-    inside = real == real_root or real.startswith(real_root + os.sep)
-    if os.path.isabs(target) or not inside:
-        rel = path.relative_to(root)
-        raise BundleRejected("unsafe_path", f"symlink {rel} points outside the bundle: {target!r}")
+MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
+# Limits of a bundle's tree, so that a walk costs bounded memory (SPEC section 3).
+MAX_TREE_ENTRIES = 100_000
+MAX_LINKS = 10_000
+MAX_TREE_DEPTH = 32
+
+
+def lexical_target(link: PurePosixPath, target: str) -> tuple[str, ...] | None:
+    """Where a link at ``link`` (relative to the bundle root) points, resolved lexically
+    from its own directory; None when it is absolute or a step climbs above the root."""
+    if not target or target.startswith("/"):
+        return None
+    parts = list(link.parent.parts)
+    for part in target.split("/"):
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return tuple(parts)
+
+
+def resolves_inside(link: PurePosixPath, links: dict[str, str]) -> bool:
+    """Whether following ``link`` the way the kernel would, through the other links of
+    the bundle, stays inside the bundle root at every step.
+
+    The lexical rule alone misses a link whose path crosses another link and then
+    climbs (``a/s -> ../b`` and ``u -> a/s/../..``): ``..`` applies to the real
+    directory. Everything is relative to the bundle, so the verdict does not depend on
+    where the bundle sits.
+    """
+    current: list[str] = list(link.parent.parts)
+    pending = links[link.as_posix()].split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not current:
+                return False
+            current.pop()
+            continue
+        key = "/".join([*current, part])
+        if key not in links:
+            current.append(part)
+            continue
+        hops += 1
+        target = links[key]
+        if hops > MAX_LINK_HOPS or target.startswith("/"):
+            return False
+        pending[:0] = target.split("/")
+    return True
+
+
+def check_links(links: dict[str, str]) -> None:
+    """unsafe_path for a link that is absolute or leaves the bundle (SPEC section 3)."""
+    for rel, target in links.items():
+        path = PurePosixPath(rel)
+        if lexical_target(path, target) is None or not resolves_inside(path, links):
+            raise BundleRejected("unsafe_path",
+                                 f"symlink {rel!r} points outside the bundle: {target!r}")
 
 
 @dataclass(frozen=True)
 class TreeScan:
-    """What a walk of a claimed bundle found: entries, and files with other hard links."""
+    """What a walk of a claimed bundle found."""
 
     entries: int
-    hard_linked: tuple[str, ...] = ()
+    regular_files: int
+    hard_linked: int = 0
 
 
-def check_tree(root: Path) -> TreeScan:
-    """Reject devices, fifos, sockets, symlinks that leave the bundle, and an empty bundle.
+def _not_content(rel: str, manifest_name: str) -> bool:
+    return rel in (manifest_name, f"{manifest_name}.sig")
+
+
+def check_tree(root: Path, manifest_name: str = "manifest.json") -> TreeScan:
+    """Reject devices, fifos, sockets, symlinks that leave the bundle, an empty bundle.
 
     One scandir walk (no path objects per file: this is most of a promotion's CPU time
     for bundles of many files).
     """
-    real_root = os.path.realpath(root)
-    entries, linked, stack = 0, [], [os.fspath(root)]
+    top = os.fspath(root)
+    entries, regular, linked = 0, 0, 0
+    links: dict[str, str] = {}
+    stack = [(top, 0)]
     while stack:
-        with os.scandir(stack.pop()) as directory:
+        path, depth = stack.pop()
+        with os.scandir(path) as directory:
             for entry in directory:
                 entries += 1
                 st = entry.stat(follow_symlinks=False)
+                rel = os.path.relpath(entry.path, top)
+                _check_limits(entries, len(links), depth, rel)
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
+                    stack.append((entry.path, depth + 1))
                 elif stat.S_ISLNK(st.st_mode):
-                    _check_symlink(root, real_root, Path(entry.path))
+                    links[rel] = os.readlink(entry.path)
                 elif not stat.S_ISREG(st.st_mode):
-                    rel = os.path.relpath(entry.path, root)
-                    raise BundleRejected("unsafe_path", f"{rel} is not a regular file or directory")
-                elif st.st_nlink > 1:
-                    linked.append(entry.path)
-    if entries == 0:
-        raise BundleRejected("empty_bundle", "READY was staged with no bundle")
-    return TreeScan(entries, tuple(linked))
+                    raise BundleRejected("unsafe_path",
+                                         f"{rel!r} is not a regular file or directory")
+                else:
+                    regular += 0 if _not_content(rel, manifest_name) else 1
+                    linked += st.st_nlink > 1
+    check_links(links)
+    if regular == 0:
+        raise BundleRejected("empty_bundle", "the bundle holds no file besides its manifest")
+    return TreeScan(entries, regular, linked)
+
+
+def _check_limits(entries: int, links: int, depth: int, rel: str) -> None:
+    if entries > MAX_TREE_ENTRIES:
+        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_TREE_ENTRIES} "
+                                            f"entries")
+    if links > MAX_LINKS:
+        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_LINKS} symlinks")
+    if depth >= MAX_TREE_DEPTH:
+        raise BundleRejected("unsafe_path", f"{rel[:80]!r} is nested deeper than "
+                                            f"{MAX_TREE_DEPTH} directories")
 
 
 def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:
@@ -150,24 +230,37 @@ def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:
     return parse_manifest(path.read_bytes())
 
 
-def sha256_of(path: Path) -> str:
+CHUNK = 1024 * 1024
+
+
+def sha256_of(path: Path, progress: Progress | None = None) -> str:
+    """The sha256 of a file, read in chunks so that a stop can interrupt a long hash."""
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)  # releases the GIL: hashing threads use every core
+            if progress is not None:
+                progress.step()
+    return digest.hexdigest()
 
 
 def check_present(root: Path, name: str, spec: FileSpec) -> Path:
     """The listed file exists as a regular file of the listed size; its path."""
     path = root / safe_relative_path(name)
-    if not path.is_file():
-        raise BundleRejected("file_missing", f"listed file {name!r} is missing")
-    size = path.stat().st_size
+    try:
+        st = path.stat()  # follows the bundle's own links: they stay inside it
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleRejected("file_missing", f"listed file {name!r} is missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleRejected("file_missing", f"listed file {name!r} is not a regular file")
+    size = st.st_size
     if spec.size is not None and size != spec.size:
         detail = f"{name!r} has {size} bytes, the manifest says {spec.size}"
         raise BundleRejected("size_mismatch", detail)
     return path
 
 
-def check_files(root: Path, files: dict[str, FileSpec]) -> None:
+def check_files(root: Path, files: dict[str, FileSpec], progress: Progress | None = None) -> None:
     """Presence and sizes first (cheap), then the checksums, hashed on every core.
 
     hashlib releases the GIL while it hashes, so threads use both cores of a small
@@ -176,18 +269,19 @@ def check_files(root: Path, files: dict[str, FileSpec]) -> None:
     paths = [check_present(root, name, spec) for name, spec in files.items()]
     workers = min(HASH_WORKERS, len(paths))
     if workers <= 1:
-        digests = [sha256_of(p) for p in paths]
+        digests = [sha256_of(p, progress) for p in paths]
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
-            digests = list(pool.map(sha256_of, paths))
+            digests = list(pool.map(lambda p: sha256_of(p, progress), paths))
     for (name, spec), digest in zip(files.items(), digests, strict=True):
         if digest != spec.sha256:
             raise BundleRejected("checksum_mismatch", f"{name!r} does not match its sha256")
 
 
-def check_contents(root: Path, manifest_name: str, require_manifest: bool) -> Manifest | None:
+def check_contents(root: Path, manifest_name: str, require_manifest: bool,
+                   progress: Progress | None = None) -> Manifest | None:
     """The manifest (None when there is none) after every listed file checked out."""
     manifest = read_manifest(root, manifest_name, require_manifest)
     if manifest is not None:
-        check_files(root, manifest.files)
+        check_files(root, manifest.files, progress)
     return manifest

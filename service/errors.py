@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 REJECTION_REASONS = (
     "manifest_missing",
     "manifest_invalid",
@@ -14,9 +17,9 @@ REJECTION_REASONS = (
     "signature_missing",
     "signature_invalid",
 )
-PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error")
+PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error", "state_damaged")
 PULL_FAILURE_REASONS = ("connection", "auth", "not_found", "digest_mismatch", "io_error")
-RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify")
+RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify", "token")
 
 
 class SidecarError(Exception):
@@ -65,7 +68,44 @@ class LockBusy(SidecarError):
     reason = "lock_busy"
 
 
+class Cancelled(SidecarError):
+    """A stop was asked while a validation or copy was in progress; nothing was lost."""
+
+    reason = "cancelled"
+
+
+class StateDamaged(SidecarError):
+    """One of the sidecar's own state files cannot be understood."""
+
+    reason = "state_damaged"
+
+
 class RollbackError(SidecarError):
     """A rollback could not be done (no such version, nothing to roll back to)."""
 
     reason = "rollback"
+
+
+@contextmanager
+def doing(operation: str) -> Iterator[None]:
+    """Name the operation an OSError interrupted (``one_line`` shows it first)."""
+    try:
+        yield
+    except OSError as exc:
+        if not getattr(exc, "__notes__", None):
+            exc.add_note(operation)
+        raise
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a log or an error message: for an OSError, the
+    operation, what failed and on which path; never more than a message's first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        notes = getattr(exc, "__notes__", None)
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        text = f"{exc.strerror}: {' -> '.join(paths)}" if paths else exc.strerror
+        return f"{notes[0]}: {text}" if notes else text
+    if isinstance(exc, SidecarError):
+        return exc.detail.splitlines()[0] if exc.detail else exc.reason
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

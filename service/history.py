@@ -1,27 +1,62 @@
-"""``.sidecar/history.jsonl``: one JSON object per event, appended and fsynced."""
+"""``.sidecar/history.jsonl``: one JSON object per event, appended and fsynced.
+
+Reading is tolerant: a torn last line (a crash mid-append) is skipped silently; a
+complete line that is not a well-formed event is damage, counted by the reader so that
+the promotion job can set the file aside and keep the good lines (:func:`repair`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypedDict, cast
 
-Event = dict[str, Any]
+from service import fsops, jsonfile
+from service.errors import StateDamaged
+
+EventKind = Literal["promoted", "rejected", "rolled_back", "reload", "pulled"]
+EVENT_KINDS: tuple[str, ...] = ("promoted", "rejected", "rolled_back", "reload", "pulled")
 SWITCH_EVENTS = ("promoted", "rolled_back")
+TAIL_BYTES = 64 * 1024  # about 300 events: enough for retention, rollback and status
+MAX_LINE_BYTES = 64 * 1024
+
+
+class Event(TypedDict, total=False):
+    event: EventKind
+    time: str
+    version: str | None
+    previous: str | None
+    outcome: Literal["success", "failure"]
+    duration_seconds: float
+    reason: str
+    detail: str
+    trigger: str
+    digest: str
+    reference: str
+    bytes: int
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "time": (str,), "version": (str, type(None)), "previous": (str, type(None)),
+    "outcome": (str,), "duration_seconds": (int, float), "reason": (str,),
+    "detail": (str,), "trigger": (str,), "digest": (str,), "reference": (str,),
+    "bytes": (int,),
+}
 
 
 def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def make_event(event: str, version: str | None, clock: Callable[[], float],
+def make_event(event: EventKind, version: str | None, clock: Callable[[], float],
                **fields: object) -> Event:
-    record: Event = {"event": event, "time": rfc3339(clock()), "version": version}
+    record: dict[str, object] = {"event": event, "time": rfc3339(clock()), "version": version}
     record.update({k: v for k, v in fields.items() if v is not None})
-    return record
+    return cast(Event, record)
 
 
 def append(path: Path, record: Event) -> None:
@@ -34,30 +69,53 @@ def append(path: Path, record: Event) -> None:
         os.close(fd)
 
 
-def parse_lines(data: bytes) -> list[Event]:
-    """Events from history bytes; a torn last line (crash mid-append) is skipped."""
-    events = []
-    for line in data.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
+def parse_event(line: bytes) -> Event | None:
+    """The event on one line, or None when the line is not a well-formed event."""
+    if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        value = jsonfile.parse_json(line, "history line")
+    except StateDamaged:
+        return None
+    if not isinstance(value, dict) or value.get("event") not in EVENT_KINDS:
+        return None
+    for key, kinds in _FIELD_TYPES.items():
+        if key in value and (not isinstance(value[key], kinds) or isinstance(value[key], bool)):
+            return None
+    return cast(Event, value)
+
+
+@dataclass
+class Events:
+    """Events read from history, and how many complete lines were damaged."""
+
+    events: list[Event] = field(default_factory=list)
+    damaged: int = 0
+
+
+def parse_lines(data: bytes) -> Events:
+    """Events from history bytes; a last line without its newline (torn) is skipped."""
+    out = Events()
+    lines = data.split(b"\n")
+    for index, line in enumerate(lines):
+        if not line.strip():
             continue
-        if isinstance(value, dict):
-            events.append(value)
-    return events
+        event = parse_event(line)
+        if event is not None:
+            out.events.append(event)
+        elif index < len(lines) - 1:
+            out.damaged += 1
+    return out
 
 
 def read(path: Path) -> list[Event]:
     try:
-        return parse_lines(path.read_bytes())
+        return parse_lines(path.read_bytes()).events
     except FileNotFoundError:
         return []
 
 
-TAIL_BYTES = 64 * 1024  # about 300 events
-
-
-def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
+def read_tail_events(path: Path, max_bytes: int = TAIL_BYTES) -> Events:
     """The events in the last max_bytes of the history: enough for retention and status,
     and a cost that does not grow with the age of the volume."""
     try:
@@ -66,10 +124,38 @@ def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
             fh.seek(max(size - max_bytes, 0))
             data = fh.read()
     except FileNotFoundError:
-        return []
+        return Events()
     if size > max_bytes:
         data = data[data.find(b"\n") + 1:]  # the first line is cut
     return parse_lines(data)
+
+
+def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
+    return read_tail_events(path, max_bytes).events
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        yield from fh
+
+
+def repair(path: Path, now: float) -> Path:
+    """Set a damaged history aside and rewrite it with its well-formed lines only.
+
+    Streams the file, so a long history costs no memory. Returns the path kept aside.
+    """
+    aside = jsonfile.damaged_name(path, now)
+    os.link(path, aside)  # kept for inspection; the rewrite below replaces path
+    tmp = path.with_name(f".{path.name}.repair")
+    with tmp.open("wb") as out:
+        for line in _lines(aside):
+            if line.endswith(b"\n") and parse_event(line.rstrip(b"\n")) is not None:
+                out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    fsops.fsync_dir(path.parent)
+    return aside
 
 
 def previous_version(path: Path, events: list[Event], current: str | None) -> str | None:
@@ -91,15 +177,14 @@ def read_from(path: Path, offset: int) -> tuple[list[Event], int]:
     except FileNotFoundError:
         return [], 0
     complete = data[: data.rfind(b"\n") + 1]
-    return parse_lines(complete), offset + len(complete)
+    return parse_lines(complete).events, offset + len(complete)
 
 
 def previous_of(events: list[Event], current: str | None) -> str | None:
     """The version that was current before ``current`` was switched in."""
     for record in reversed(events):
         if record.get("event") in SWITCH_EVENTS and record.get("version") == current:
-            previous = record.get("previous")
-            return previous if isinstance(previous, str) else None
+            return record.get("previous")
     return None
 
 

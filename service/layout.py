@@ -37,6 +37,16 @@ class Layout:
         return self.state / "lock"
 
     @property
+    def daemon_lock(self) -> Path:
+        """Held by the running daemon for its lifetime (:mod:`service.lockfile`)."""
+        return self.state / "daemon.lock"
+
+    @property
+    def stray(self) -> Path:
+        """Where entries found in versions/ or rejected/ that are not directories go."""
+        return self.state / "stray"
+
+    @property
     def history(self) -> Path:
         return self.state / "history.jsonl"
 
@@ -72,4 +82,4 @@ class Layout:
     def dirs(self) -> tuple[Path, ...]:
         """Directories the sidecar creates when they are missing."""
         return (self.root, self.staging, self.versions, self.rejected, self.state,
-                self.work, self.trash, self.current.parent)
+                self.work, self.trash)

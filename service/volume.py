@@ -10,21 +10,27 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from service import fsops
+from service.errors import doing
 from service.layout import Layout
+from service.progress import Progress
 
 STRAY_PREFIX = "copy-"
+
+
+LinkKind = Literal["absent", "version", "directory", "broken"]
 
 
 @dataclass(frozen=True)
 class LinkState:
     """What CURRENT_LINK is: ``absent``, ``version`` (name set), ``directory``, ``broken``."""
 
-    kind: str
+    kind: LinkKind
     name: str | None = None
 
 
@@ -73,14 +79,57 @@ class ReadyMark:
             st = path.lstat()
         except FileNotFoundError:
             return None
-        return cls(st.st_ino, st.st_mtime_ns)
+        # A directory's mtime changes with its entries: its inode alone identifies it.
+        return cls(st.st_ino, 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns)
+
+
+def ready_present(layout: Layout) -> bool:
+    """READY in any form: a file, a symlink (even dangling), a directory."""
+    return os.path.lexists(layout.ready)
 
 
 def staged_entries(layout: Layout) -> list[str]:
     return sorted(e for e in os.listdir(layout.staging) if e != "READY")
 
 
-def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
+COPY_CHUNK = 1024 * 1024
+
+
+def copy_file(src: str, dst: str, progress: Progress) -> None:
+    """Copy one regular file in chunks, so that a stop interrupts even a huge one."""
+    with doing(f"copying {src} to {dst}"), open(src, "rb") as fin, open(dst, "xb") as fout:
+        while chunk := fin.read(COPY_CHUNK):
+            fout.write(chunk)
+            progress.step()
+    shutil.copystat(src, dst)
+
+
+def copy_entry(src: Path, dst: Path, progress: Progress) -> list[str]:
+    """Copy a file, symlink or tree without following symlinks; the special files skipped.
+
+    Fifos, devices and sockets hold no data and cannot be copied safely; they are
+    reported so that the caller can reject the bundle.
+    """
+    skipped: list[str] = []
+
+    def copy_one(s: str, d: str) -> None:
+        mode = os.lstat(s).st_mode
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(mode):
+            copy_file(s, d, progress)
+        else:
+            skipped.append(s)
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=copy_one)
+    else:
+        copy_one(str(src), str(dst))
+    return skipped
+
+
+def claim(layout: Layout, entries: list[str],
+          progress: Progress | None = None) -> tuple[bool, list[str]]:
     """Move the staged entries into the work dir, or copy them across filesystems.
 
     Returns whether they were copied (then staging still holds them) and the special
@@ -98,21 +147,29 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
                 if exc.errno != errno.EXDEV:
                     raise
             copied = True
-        skipped += fsops.copy_entry(src, dst)
+        skipped += copy_entry(src, dst, progress or Progress())
     return copied, skipped  # made durable by the syncfs before the journal is written
 
 
-def break_hard_links(layout: Layout, paths: Iterable[str]) -> None:
-    """Replace claimed files that have other hard links by private copies.
+def break_hard_links(layout: Layout) -> int:
+    """Replace claimed files that have other hard links by private copies; how many.
 
     A hard link shares its inode with a file outside the bundle; whoever can write that
     file could change a published version. The copy is made in the work dir (where a
-    crash leaves it for :func:`remove_stray_copies`) and renamed over the link.
+    crash leaves it for :func:`remove_stray_copies`) and renamed over the link. A second
+    walk, so that the first keeps no list of paths.
     """
-    for path in paths:
-        tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
-        shutil.copy2(path, tmp)
-        os.replace(tmp, path)
+    copied = 0
+    for dirpath, _dirs, names in os.walk(layout.incoming):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
+                shutil.copy2(path, tmp)
+                os.replace(tmp, path)
+                copied += 1
+    return copied
 
 
 def remove_stray_copies(layout: Layout) -> None:
@@ -146,7 +203,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
         path = layout.staging / name
         if os.path.lexists(path):
             fsops.remove_entry(path)
-    layout.ready.unlink()
+    fsops.remove_entry(layout.ready)  # READY as a directory must not wedge the pass
     fsops.fsync_dir(layout.staging)
 
 
@@ -162,6 +219,23 @@ def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
 def move_to_trash(layout: Layout, path: Path) -> None:
     os.rename(path, layout.trash / f"{path.name}-{secrets.token_hex(4)}")
     fsops.fsync_dir(path.parent)
+
+
+def stray_entries(path: Path) -> list[str]:
+    """Entries of versions/ or rejected/ that are not real directories."""
+    try:
+        return sorted(e.name for e in os.scandir(path) if not e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def move_stray(layout: Layout, parent: Path, name: str, stamp: str) -> Path:
+    """Move a stray entry out of versions/ or rejected/, kept for inspection."""
+    layout.stray.mkdir(exist_ok=True)
+    target = layout.stray / f"{parent.name}-{name}-{stamp}"
+    os.rename(parent / name, target)
+    fsops.fsync_dir(parent)
+    return target
 
 
 def list_dirs(path: Path) -> list[str]:

@@ -508,3 +508,17 @@ def test_pull_does_not_need_the_volume_lock(tmp_path: Path, registry: Registry,
     volume.state.mkdir(parents=True)
     with fsops.volume_lock(volume.state / "lock", wait=False):
         assert Job(registry, volume).run().outcome == "staged"
+
+
+def test_damaged_state_files_do_not_stop_the_job(tmp_path: Path, registry: Registry,
+                                                 volume: PullPaths) -> None:
+    """A garbage line in pulled.jsonl is skipped (the good ones still count) and a damaged
+    pull-staged.json is set aside as `.damaged-<time>`; the job goes on."""
+    pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
+    volume.state.mkdir(parents=True)
+    good = json.dumps({"digest": pushed.digest, "state": "rejected", "version": None})
+    volume.remembered.write_text('{"digest": [1]}\n\x00garbage\n' + good + "\n{torn")
+    volume.staged_record.write_text('{"digest": "sha256:')
+    assert Job(registry, volume).run() == PullResult("known", pushed.digest)
+    assert not volume.staged_record.exists()
+    assert list(volume.state.glob("pull-staged.json.damaged-*"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -32,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import fsops, history
-from service.errors import LockBusy, SidecarError
+from service import fsops, history, jsonfile
+from service.errors import LockBusy, SidecarError, StateDamaged
 from service.oci.artifact import Layer
 from service.oci.client import RegistryClient, RegistryError
 from service.oci.pull import PullDir, download, layer_paths, prune, reusable_files
-from service.oci.reference import Reference
+from service.oci.reference import DIGEST_RE, Reference
 from service.pull_metrics import PullMetrics
 
 log = logging.getLogger(__name__)
@@ -105,20 +106,49 @@ class PullResult:
 # -- the remembered digests: shared with the promotion side --------------------------------
 
 
+MAX_RECORD_BYTES = 4096
+
+
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """One ``pulled.jsonl`` record, or None for a torn, damaged or foreign line."""
+    if not line.strip() or len(line) > MAX_RECORD_BYTES:
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    digest = value.get("digest") if isinstance(value, dict) else None
+    return value if isinstance(digest, str) and DIGEST_RE.match(digest) else None
+
+
 def remembered(state: Path) -> dict[str, dict[str, Any]]:
-    """digest -> its last record in ``pulled.jsonl`` (a torn last line is skipped)."""
+    """digest -> its last record in ``pulled.jsonl``; unreadable lines are skipped (a
+    digest lost that way is at worst pulled once more and validated again)."""
+    try:
+        data = (state / "pulled.jsonl").read_bytes()
+    except FileNotFoundError:
+        return {}
     records: dict[str, dict[str, Any]] = {}
-    for record in history.read(state / "pulled.jsonl"):
-        if isinstance(record.get("digest"), str):
+    for line in data.split(b"\n"):
+        record = parse_record(line)
+        if record is not None:
             records[record["digest"]] = record
     return records
 
 
 def remember(state: Path, digest: str, status: str, version: str | None,
              clock: Callable[[], float] = time.time) -> None:
+    """Append one record to ``pulled.jsonl``, fsynced."""
     record = {"digest": digest, "state": status, "version": version,
               "time": history.rfc3339(clock())}
-    history.append(state / "pulled.jsonl", record)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(state / "pulled.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def staged_digest(state: Path, manifest_bytes: bytes | None) -> str | None:
@@ -155,10 +185,13 @@ def digest_of_version(state: Path, version: str | None) -> str | None:
 
 
 def read_state(path: Path) -> object | None:
-    """A JSON state file, or None when it is missing or damaged (it is rewritten)."""
+    """A JSON state file, or None when it is missing or damaged; a damaged one is set
+    aside as ``<name>.damaged-<UTC time>`` and logged (the next handoff rewrites it)."""
     try:
-        return fsops.read_json(path)
-    except (ValueError, RecursionError, OSError):
+        return jsonfile.load_json(path)
+    except StateDamaged as exc:
+        aside = jsonfile.set_aside(path, time.time())
+        log.error("%s; moved aside to %s", exc.detail, aside)
         return None
 
 
