@@ -97,5 +97,5 @@ def parse_insecure(value: str | None) -> frozenset[str]:
 
 
 def base_url(registry: str, insecure: frozenset[str]) -> str:
-    scheme = "http" if registry.lower() in insecure else "https"
+    scheme = "http" if registry.lower() in {h.lower() for h in insecure} else "https"
     return f"{scheme}://{registry}"
