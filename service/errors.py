@@ -14,8 +14,11 @@ REJECTION_REASONS = (
     "unsafe_path",
     "version_exists",
     "empty_bundle",
+    "signature_missing",
+    "signature_invalid",
 )
 PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error", "state_damaged")
+PULL_FAILURE_REASONS = ("connection", "auth", "not_found", "digest_mismatch", "io_error")
 RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify", "token")
 
 
