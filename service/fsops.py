@@ -81,6 +81,20 @@ FILE_BATCH = 128  # files held open between starting their writeback and waiting
 FSYNC_THREADS = 8
 
 
+def fsync_file(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
+    """fsync one regular file (not following a symlink); errors name the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _named(exc, "open", path) from exc
+    try:
+        fsync(fd)
+    except OSError as exc:
+        raise _named(exc, "fsync", path) from exc
+    finally:
+        os.close(fd)
+
+
 def sync_tree(
     root: Path,
     also: Iterable[Path] = (),

@@ -348,3 +348,20 @@ def test_volume_lock_in_a_missing_dir_names_open_and_the_lock(tmp_path: Path) ->
         pass
     assert info.value.filename == str(lock)
     assert info.value.strerror.startswith("open failed: ")
+
+
+def test_fsync_file_of_a_missing_file_names_open_and_the_path(tmp_path: Path) -> None:
+    """fsync_file of a path that is gone fails naming the open and the path."""
+    with pytest.raises(FileNotFoundError) as info:
+        fsops.fsync_file(tmp_path / "gone")
+    assert info.value.filename == str(tmp_path / "gone")
+    assert info.value.strerror.startswith("open failed: ")
+
+
+def test_fsync_file_syncs_the_file(tmp_path: Path) -> None:
+    """fsync_file calls fsync on a descriptor of that very file."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    seen: list[str] = []
+    fsops.fsync_file(path, fsync=lambda fd: seen.append(os.readlink(f"/proc/self/fd/{fd}")))
+    assert seen == [str(path)]

@@ -222,7 +222,10 @@ def move_into_staging(source: Path, staging: Path) -> None:
             if exc.errno != errno.EXDEV:
                 raise
             fsops.copy_entry(src, dst)
-            fsops.sync_filesystem(staging)
+            if dst.is_dir() and not dst.is_symlink():
+                fsops.sync_tree(dst)
+            elif not dst.is_symlink():
+                fsops.fsync_file(dst)
             fsops.remove_entry(src)
     fsops.fsync_dir(staging)
 

@@ -199,7 +199,7 @@ def download(client: RegistryClient, pull: PullDir, digest: str, reuse: Mapping[
             continue
         _obtain_blob(client, pull, group[0], reuse, progress, on_chunk)
         _place(pull, blob_digest, [layer.path for layer in group])
-    fsops.sync_filesystem(pull.bundle)
+    fsops.sync_tree(pull.bundle)
     fsops.atomic_write_bytes(pull.complete, b"")
     return progress
 
