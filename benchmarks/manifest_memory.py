@@ -118,11 +118,16 @@ def case_max_entries(path: Path) -> None:
 
 def wide_entries_that_fit() -> int:
     """How many entries of wide max-length paths stay within max_held_bytes."""
-    from service.manifest_reader import _DICT_SLOT_BYTES, FileEntry  # noqa: PLC0415
+    from service.manifest_reader import _DICT_SLOT_BYTES, FileEntry
 
     key = long_path(0, LIMITS.max_path_bytes, wide=True)
-    cost = (sys.getsizeof(key) + _DICT_SLOT_BYTES + sys.getsizeof(FileEntry(SHA, 10**9))
-            + sys.getsizeof(SHA) + sys.getsizeof(10**9))
+    cost = (
+        sys.getsizeof(key)
+        + _DICT_SLOT_BYTES
+        + sys.getsizeof(FileEntry(SHA, 10**9))
+        + sys.getsizeof(SHA)
+        + sys.getsizeof(10**9)
+    )
     return LIMITS.max_held_bytes // cost - 1
 
 
@@ -180,8 +185,12 @@ CASES: dict[str, Callable[[Path], None]] = {
 
 
 def measure(path: Path, runs: int) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(runs)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path), str(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, object] = json.loads(out.stdout)
     return result
 
@@ -198,8 +207,10 @@ def main() -> None:
             CASES[name](path)
             r = measure(path, args.runs)
             before, after = int(r["before"]) / MIB, int(r["after"]) / MIB  # type: ignore[call-overload]
-            print(f"{name:<15} {path.stat().st_size / MIB:6.1f} {before:6.1f} {after:6.1f} "
-                  f"{after - before:6.1f} {r['seconds']:6.2f}  {str(r['outcome'])[:60]}")
+            print(
+                f"{name:<15} {path.stat().st_size / MIB:6.1f} {before:6.1f} {after:6.1f} "
+                f"{after - before:6.1f} {r['seconds']:6.2f}  {str(r['outcome'])[:60]}"
+            )
             path.unlink()
 
 
