@@ -18,6 +18,8 @@ the process's peak RSS by well under 24 MiB (``benchmarks/manifest_memory.py``):
   10,000 entries of 1,024-byte ASCII paths fit; paths mixing ASCII with characters
   beyond U+FFFF take four bytes a character in memory and reach this cap sooner;
 - JSON nesting: at most 64 levels, the top-level object included;
+- at most 100,000 non-empty arrays and objects in all (10,000 entries need 10,002): each
+  costs microseconds of Python, so this bounds the time a hostile manifest can take;
 - a held scalar (``version``, ``sha256``, ``size``, the poll interval): at most 256 bytes
   of JSON text; any number: at most 1,024 bytes (Python's json refuses integers of more
   than 4,300 digits; no manifest needs either).
@@ -57,6 +59,7 @@ class Limits:
     max_nesting: int = 64
     max_scalar_bytes: int = 256
     max_number_bytes: int = 1_024
+    max_containers: int = 100_000
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -162,16 +165,45 @@ _NUM_CHARS = re.compile(rb"[-+.eE0-9]*+")
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+")
 # Runs of complete scalar elements (each ending in a comma) are consumed by one match:
 # an ignored array of a million numbers costs one regex call per chunk, not per number.
-# Short numbers only: longer ones take the path that applies max_number_bytes.
-_SCALAR = (
-    rb'(?:"' + _STR_BODY + rb'"|true|false|null'
-    rb"|-?+(?:0|[1-9][0-9]{0,30}+)(?:\.[0-9]{1,30}+)?+(?:[eE][+-]?+[0-9]{1,5}+)?+)"
-)
+# Short numbers only: longer ones take the path that applies max_number_bytes. The
+# variants with empty containers are used where one more level is within max_nesting.
 _WSB = rb"[ \t\n\r]*+"
-_ARRAY_RUN = re.compile(rb"(?>" + _WSB + _SCALAR + _WSB + rb",)*+")
-_OBJECT_RUN = re.compile(
-    rb"(?>" + _WSB + rb'"' + _STR_BODY + rb'"' + _WSB + rb":" + _WSB + _SCALAR + _WSB + rb",)*+"
+_SCALAR = (
+    rb'"' + _STR_BODY + rb'"|true|false|null'
+    rb"|-?+(?:0|[1-9][0-9]{0,30}+)(?:\.[0-9]{1,30}+)?+(?:[eE][+-]?+[0-9]{1,5}+)?+"
 )
+_EMPTY = rb"|\[" + _WSB + rb"\]|\{" + _WSB + rb"\}"
+
+
+def _runs(scalar: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    value = _WSB + rb"(?:" + scalar + rb")" + _WSB + rb","
+    key = _WSB + rb'"' + _STR_BODY + rb'"' + _WSB + rb":"
+    return re.compile(rb"(?>" + value + rb")*+"), re.compile(rb"(?>" + key + value + rb")*+")
+
+
+_FLAT_RUNS = _runs(_SCALAR)
+_RUNS = _runs(_SCALAR + _EMPTY)
+
+
+def _ignored_members(*wanted: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """Runs of scalar members whose keys (unescaped) are none of wanted; with/without empties."""
+    names = b"|".join(re.escape(name.encode()) for name in wanted)
+    key = _WSB + rb'"(?!(?:' + names + rb')")[^"\\\x00-\x1f]*+"' + _WSB + rb":"
+    return tuple(  # type: ignore[return-value]
+        re.compile(rb"(?>" + key + _WSB + rb"(?:" + scalar + rb")" + _WSB + rb",)*+")
+        for scalar in (_SCALAR + _EMPTY, _SCALAR)
+    )
+
+
+_TOP_RUNS = _ignored_members("version", "files", "sidecar")
+_SIDECAR_RUNS = _ignored_members("poll_interval_seconds")
+_ENTRY_RUNS = _ignored_members("sha256", "size")
+# Single character classes: sre repeats them in a tight loop, unlike a repeated group.
+_ARRAY_OPENS = re.compile(rb"\[[\[ \t\n\r]*+")
+_CLOSERS = re.compile(rb"[\]}][\]} \t\n\r]*+")
+_CLOSER = re.compile(_WSB + rb"[\]}]")
+_OPENER_OF = bytes.maketrans(b"]}", b"[{")
+_NOT_WS = b" \t\n\r"
 _LITERALS: Final[dict[int, tuple[bytes, bool | None]]] = {
     ord("t"): (b"true", True),
     ord("f"): (b"false", False),
@@ -184,6 +216,7 @@ _BOM = codecs.BOM_UTF8
 # The longest key the reader looks for is "poll_interval_seconds": 21 characters, each at
 # most 6 bytes escaped. A longer key is none of them and is skipped without being held.
 _KEY_CAP = 6 * len("poll_interval_seconds")
+_PLAIN_KEY = re.compile(rb'"([^"\\\x00-\x1f]{0,%d}+)"' % _KEY_CAP)
 _DICT_SLOT_BYTES = 64
 
 
@@ -255,6 +288,7 @@ class _Parser:
     def __init__(self, stream: _Stream, limits: Limits) -> None:
         self.s, self.limits = stream, limits
         self.held = 0
+        self.containers = 0
 
     def fail(self, what: str) -> ManifestSyntaxError:
         offset = self.s.offset
@@ -288,19 +322,22 @@ class _Parser:
         return doc
 
     def members(
-        self, depth: int, on_key: Callable[[str | None], None], run: re.Pattern[bytes] | None = None
+        self,
+        depth: int,
+        on_key: Callable[[str | None], None],
+        runs: tuple[re.Pattern[bytes], re.Pattern[bytes]],
     ) -> None:
         """The members of the object at pos, each key given to on_key (None: not held).
 
-        run, when given, consumes runs of complete scalar members first (ignored objects).
+        runs consume runs of members that on_key would skip (_ignored_members).
         """
         self.open(depth)
         if self.s.peek() == ord("}"):
             self.s.pos += 1
             return
+        run = runs[0] if depth + 1 < self.limits.max_nesting else runs[1]
         while True:
-            if run is not None:
-                self.s.run(run)
+            self.s.run(run)
             if self.s.peek() != _QUOTE:
                 raise self.fail("expected a key string")
             key = self.key()
@@ -310,9 +347,19 @@ class _Parser:
                 return
 
     def open(self, depth: int) -> None:
+        """Enter the object at pos (then at its '}' when it is empty)."""
         if depth >= self.limits.max_nesting:
             raise self.refuse(f"manifest is nested deeper than {self.limits.max_nesting} levels")
         self.s.pos += 1
+        if self.s.peek() != ord("}"):
+            self.count_containers(1)
+
+    def count_containers(self, count: int) -> None:
+        """Non-empty arrays and objects each cost a pass of this parser's Python code."""
+        self.containers += count
+        if self.containers > self.limits.max_containers:
+            limit = self.limits.max_containers
+            raise self.refuse(f"manifest has more than {limit} non-empty arrays and objects")
 
     def close_or_next(self, closer: int, name: str) -> bool:
         byte = self.s.peek()
@@ -344,7 +391,7 @@ class _Parser:
             else:
                 self.skip(1)
 
-        self.members(0, on_key)
+        self.members(0, on_key, _TOP_RUNS)
         return ManifestDoc(version, files, interval)
 
     def sidecar(self, depth: int) -> RawValue | Absent:
@@ -360,16 +407,19 @@ class _Parser:
             else:
                 self.skip(depth + 1)
 
-        self.members(depth, on_key)
+        self.members(depth, on_key, _SIDECAR_RUNS)
         return found[0] if found else ABSENT
 
     def files(self, depth: int) -> FilesValue:
         if self.s.peek() != ord("{"):
             return self.scalar(depth, "files")
         files: dict[str, FileEntry | RawValue] = {}
+        seen = [0]
 
         def on_path(path: str) -> None:
-            if path not in files and len(files) >= self.limits.max_entries:
+            # Repeated paths count too: they cost the time of an entry each.
+            seen[0] += 1
+            if seen[0] > self.limits.max_entries:
                 raise self.refuse(f"files has more than {self.limits.max_entries} entries")
             entry = self.entry(depth + 1, path)
             old = files.get(path)
@@ -416,7 +466,7 @@ class _Parser:
             else:
                 self.skip(depth + 1)
 
-        self.members(depth, on_key)
+        self.members(depth, on_key, _ENTRY_RUNS)
         return FileEntry(found.get("sha256", ABSENT), found.get("size", ABSENT))
 
     # -- values -----------------------------------------------------------------------------
@@ -442,29 +492,115 @@ class _Parser:
         return self.literal()
 
     def skip(self, depth: int) -> None:
-        """Validate the value at pos and drop it."""
-        byte = self.s.peek()
+        """Validate the value at pos and drop it.
+
+        Containers are walked without recursion, with a stack of their opening brackets,
+        and runs of brackets and of scalar elements are consumed a regex match at a time:
+        a 32 MiB ignored value of tiny elements costs seconds, not minutes.
+        """
+        stack = bytearray()
+        while True:
+            byte = self.s.peek()
+            if byte == ord("["):
+                at_value = self.open_arrays(depth, stack)
+            elif byte == ord("{"):
+                at_value = self.open_object(depth, stack)
+            else:
+                self.skip_scalar(byte)
+                at_value = False
+            if not at_value and not self.after_value(depth, stack):
+                return
+
+    def skip_scalar(self, byte: int) -> None:
         if byte == _QUOTE:
             self.string(0, None)
         elif byte in _NUMBER_START:
             self.number()
-        elif byte == ord("["):
-            self.skip_array(depth)
-        elif byte == ord("{"):
-            self.members(depth, lambda _key: self.skip(depth + 1), _OBJECT_RUN)
         else:
             self.literal()
 
-    def skip_array(self, depth: int) -> None:
-        self.open(depth)
-        if self.s.peek() == ord("]"):
-            self.s.pos += 1
-            return
-        while True:
-            self.s.run(_ARRAY_RUN)
-            self.skip(depth + 1)
-            if self.close_or_next(ord("]"), "']'"):
-                return
+    def push(self, depth: int, stack: bytearray, opener: bytes) -> None:
+        if depth + len(stack) >= self.limits.max_nesting:
+            raise self.refuse(f"manifest is nested deeper than {self.limits.max_nesting} levels")
+        stack += opener
+        self.s.pos += 1
+
+    def runs(self, depth: int, stack: bytearray) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+        return _RUNS if depth + len(stack) < self.limits.max_nesting else _FLAT_RUNS
+
+    def open_arrays(self, depth: int, stack: bytearray) -> bool:
+        """Open the run of arrays at pos: True at a value, False at the ']' of an empty one."""
+        s = self.s
+        end = _ARRAY_OPENS.match(s.buf, s.pos).end()  # type: ignore[union-attr]
+        if depth + len(stack) + s.buf.count(b"[", s.pos, end) > self.limits.max_nesting:
+            while True:  # one at a time, to report the bracket beyond the limit
+                self.push(depth, stack, b"[")
+                s.peek()
+        count = s.buf.count(b"[", s.pos, end)
+        stack += b"[" * count
+        s.pos = end
+        if s.peek() == ord("]"):
+            self.count_containers(count - 1)
+            return False
+        self.count_containers(count)
+        s.run(self.runs(depth, stack)[0])
+        return True
+
+    def open_object(self, depth: int, stack: bytearray) -> bool:
+        """Open the object at pos: True at its first value, False at the '}' of an empty one."""
+        self.push(depth, stack, b"{")
+        if self.s.peek() == ord("}"):
+            return False
+        self.count_containers(1)
+        self.s.run(self.runs(depth, stack)[1])
+        self.skip_key()
+        return True
+
+    def skip_key(self) -> None:
+        if self.s.peek() != _QUOTE:
+            raise self.fail("expected a key string")
+        self.string(0, None)
+        self.expect(b":", "':'")
+
+    def after_value(self, depth: int, stack: bytearray) -> bool:
+        """Past the closers and the comma after a value: True when another value follows."""
+        s = self.s
+        while stack:
+            byte = s.peek()
+            if byte in (ord("]"), ord("}")):
+                self.close(stack)
+            elif byte == ord(","):
+                s.pos += 1
+                array_run, object_run = self.runs(depth, stack)
+                if stack[-1] == ord("["):
+                    s.run(array_run)
+                else:
+                    s.run(object_run)
+                    self.skip_key()
+                return True
+            else:
+                raise self.fail("expected ',' or '" + ("]" if stack[-1] == ord("[") else "}") + "'")
+        return False
+
+    def close(self, stack: bytearray) -> None:
+        """Consume the run of closing brackets at pos that close containers in stack."""
+        s = self.s
+        match = _CLOSERS.match(s.buf, s.pos)
+        assert match is not None
+        closers = match.group().translate(None, _NOT_WS).translate(_OPENER_OF)
+        count = min(len(closers), len(stack))
+        if closers[:count] != stack[: -count - 1 : -1]:
+            count = next(i for i in range(count) if closers[i] != stack[-1 - i])
+            for _ in range(count + 1):
+                s.pos = _CLOSER.match(s.buf, s.pos).end()  # type: ignore[union-attr]
+            s.pos -= 1
+            raise self.fail("a closing bracket does not match its opening one")
+        if count == len(closers):
+            s.pos = match.end()
+        else:
+            for _ in range(count):
+                s.pos = _CLOSER.match(s.buf, s.pos).end()  # type: ignore[union-attr]
+        del stack[-count:]
 
     def literal(self) -> bool | None:
         byte = self.s.peek()
@@ -493,6 +629,10 @@ class _Parser:
 
     def key(self) -> str | None:
         """An object key: the string when it is short enough to be one the reader uses."""
+        plain = _PLAIN_KEY.match(self.s.buf, self.s.pos)
+        if plain is not None:
+            self.s.pos = plain.end()
+            return plain.group(1).decode("utf-8")
         raw = self.string(_KEY_CAP, None)
         return None if raw is None else _decode_string(raw)
 

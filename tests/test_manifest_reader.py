@@ -394,14 +394,28 @@ def test_one_entry_beyond_the_limit_is_manifest_invalid_at_that_entry() -> None:
     assert info.value.offset == raw.index(f'"f{LIMITS.max_entries}"'.encode()) + 9
 
 
-def test_repeated_paths_count_once() -> None:
-    """A path listed twice is one entry (the last value)."""
-    pairs = ",".join(
-        f'"f{i % LIMITS.max_entries}":{{"size":{i}}}' for i in range(LIMITS.max_entries + 5)
-    )
-    doc = read(('{"files":{' + pairs + "}}").encode())
-    assert isinstance(doc.files, dict) and len(doc.files) == LIMITS.max_entries
-    assert doc.files["f0"] == FileEntry(ABSENT, LIMITS.max_entries)
+def test_repeated_paths_count_as_entries_and_the_last_wins() -> None:
+    """A path listed again is one more entry (each costs parsing time); its last value wins."""
+    pairs = [f'"f{i % 10}":{{"size":{i}}}' for i in range(LIMITS.max_entries)]
+    doc = read(('{"files":{' + ",".join(pairs) + "}}").encode())
+    assert isinstance(doc.files, dict) and len(doc.files) == 10
+    assert doc.files["f0"] == FileEntry(ABSENT, LIMITS.max_entries - 10)
+    with pytest.raises(ManifestRefused, match="entries"):
+        read(('{"files":{' + ",".join([*pairs, '"f0":{}']) + "}}").encode())
+
+
+def test_containers_at_and_beyond_the_limit() -> None:
+    """max_containers non-empty arrays and objects are read; one more is manifest_invalid."""
+    count = LIMITS.max_containers - 1  # the top-level object is one
+    read(b'{"x":[' + b",".join([b"[0]"] * (count - 1)) + b"]}")
+    with pytest.raises(ManifestRefused, match="non-empty arrays and objects") as info:
+        read(b'{"x":[' + b",".join([b"[0]"] * count) + b"]}")
+    assert info.value.reason == "manifest_invalid"
+
+
+def test_empty_containers_are_not_counted() -> None:
+    """Empty arrays and objects cost no more than scalars: they are not containers counted."""
+    read(b'{"x":[' + b",".join([b"[]", b"{}"] * LIMITS.max_containers) + b"]}")
 
 
 @pytest.mark.parametrize("unit", ["a", "\u00e9", "\u20ac", "\U0001f600"])
@@ -582,9 +596,13 @@ def _wide(path: Path) -> None:
 
 
 def _deep(path: Path) -> None:
-    """Many values in an array, each nested to max_nesting levels (top and array included)."""
-    value = b"[" * (LIMITS.max_nesting - 2) + b"]" * (LIMITS.max_nesting - 2)
-    path.write_bytes(b'{"x":[' + b",".join([value] * 20_000) + b"]}")
+    """Values nested to max_nesting levels (top and array included), up to max_containers,
+    each around a string that pads the file to max_bytes."""
+    levels = LIMITS.max_nesting - 2
+    count = LIMITS.max_containers // levels - 1
+    pad = LIMITS.max_bytes // count - 2 * levels - 3
+    value = b"[" * levels + b'"' + b"p" * pad + b'"' + b"]" * levels
+    path.write_bytes(b'{"x":[' + b",".join([value] * count) + b"]}")
 
 
 MEMORY_CASES = {
