@@ -157,7 +157,7 @@ def case_containers(path: Path) -> None:
 
 def case_escaped_keys(path: Path) -> None:
     """Top-level keys spelled with escapes, which only the slow path can compare."""
-    count = LIMITS.max_bytes // 16 - 1
+    count = LIMITS.max_bytes // 19 - 1
     _write(path, _object(f'"\\u0061{i:07d}":0' for i in range(count)))
 
 

@@ -29,8 +29,8 @@ Time: about a second for 10,000 entries in 32 MiB; the slowest shapes within the
 (100,000 one-element arrays, a 32 MiB array of tiny scalars, keys spelled with escapes)
 take seconds of CPU, never minutes (figures in ``benchmarks/manifest_memory.py``).
 
-Errors: :class:`ManifestError`, with ``reason`` ``manifest_invalid`` or ``unsafe_path`` (a
-rejection reason of SPEC section 4), a one-line ``detail`` and the byte ``offset``;
+Errors: :class:`ManifestError`, a ``BundleRejected`` whose ``reason`` is ``manifest_invalid``
+or ``unsafe_path``, with a one-line ``detail`` and the byte ``offset``:
 :class:`ManifestSyntaxError` when the bytes are not JSON, :class:`ManifestRefused` when
 they may be but break a limit above or are not an object. An OSError passes through.
 
@@ -53,7 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
+from service.errors import BundleRejected
+
 MIB: Final = 1024 * 1024
+Reason = Literal["manifest_invalid", "unsafe_path"]
 CHUNK_SIZE: Final = 64 * 1024
 
 
@@ -75,19 +78,16 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-class ManifestError(Exception):
-    """The manifest cannot be accepted; ``reason`` is a rejection reason of SPEC section 4.
+class ManifestError(BundleRejected):
+    """The manifest cannot be accepted: a BundleRejected, so it may simply propagate.
 
-    ``reason`` is ``manifest_invalid`` or ``unsafe_path``; ``detail`` is one line naming the
-    key or limit at fault; ``offset`` is the byte offset in the file where it was found.
+    ``reason`` is ``manifest_invalid`` or ``unsafe_path`` (SPEC section 4); ``detail`` is one
+    line naming the key or limit at fault; ``offset`` is the byte offset in the file where
+    it was found.
     """
 
-    def __init__(
-        self, reason: Literal["manifest_invalid", "unsafe_path"], detail: str, offset: int
-    ) -> None:
-        super().__init__(detail)
-        self.reason: Literal["manifest_invalid", "unsafe_path"] = reason
-        self.detail = detail
+    def __init__(self, reason: Reason, detail: str, offset: int) -> None:
+        super().__init__(reason, detail)
         self.offset = offset
 
 
@@ -306,9 +306,7 @@ class _Parser:
             "manifest_invalid", f"manifest is not valid JSON at byte {offset}: {what}", offset
         )
 
-    def refuse(
-        self, detail: str, reason: Literal["manifest_invalid", "unsafe_path"] = "manifest_invalid"
-    ) -> ManifestRefused:
+    def refuse(self, detail: str, reason: Reason = "manifest_invalid") -> ManifestRefused:
         offset = self.s.offset
         return ManifestRefused(reason, f"{detail} (at byte {offset})", offset)
 

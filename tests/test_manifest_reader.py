@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.errors import BundleRejected
 from service.manifest_reader import (
     ABSENT,
     DEFAULT_LIMITS,
@@ -352,6 +353,21 @@ def test_invalid_json_is_manifest_invalid_with_its_byte_offset(raw: bytes, offse
         read(raw)
     assert info.value.reason == "manifest_invalid"
     assert info.value.offset == offset
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{", "manifest_invalid"),
+        (b'{"x":' + b"[" * 99, "manifest_invalid"),
+        (b'{"files":{"' + b"a/" * 40 + b'a":{}}}', "unsafe_path"),
+    ],
+)
+def test_every_error_is_a_bundle_rejection_with_its_reason(raw: bytes, reason: str) -> None:
+    """ManifestError is a BundleRejected: the promotion rejects with reason and detail as is."""
+    with pytest.raises(BundleRejected) as info:
+        read(raw)
+    assert info.value.reason == reason and str(info.value) == info.value.detail
 
 
 @pytest.mark.parametrize("raw", [b"[]", b'"x"', b"1", b"null"])
