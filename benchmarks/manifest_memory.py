@@ -156,7 +156,14 @@ def case_containers(path: Path) -> None:
 
 
 def case_escaped_keys(path: Path) -> None:
-    """Top-level keys spelled with escapes, which only the slow path can compare."""
+    """max_keys top-level keys spelled with escapes (each read one by one), to the byte limit."""
+    members = (f'"\\u0061{i:07d}":0' for i in range(LIMITS.max_keys))
+    _write(path, _object(members))
+    _fill_to(path, LIMITS.max_bytes)
+
+
+def case_beyond_keys(path: Path) -> None:
+    """Two million escaped top-level keys: refused at key max_keys + 1."""
     count = LIMITS.max_bytes // 19 - 1
     _write(path, _object(f'"\\u0061{i:07d}":0' for i in range(count)))
 
@@ -199,6 +206,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "dense_array": case_dense_array,
     "dense_empties": case_dense_empties,
     "beyond_entries": case_beyond_entries,
+    "beyond_keys": case_beyond_keys,
 }
 
 

@@ -19,14 +19,17 @@ the process's peak RSS by well under 24 MiB (``benchmarks/manifest_memory.py``):
   10,000 entries of 1,024-byte ASCII paths fit; paths mixing ASCII with characters
   beyond U+FFFF take four bytes a character in memory and reach this cap sooner;
 - JSON nesting: at most 64 levels, the top-level object included;
-- at most 100,000 non-empty arrays and objects in all (10,000 entries need 10,002): each
-  costs microseconds of Python, so this bounds the time a hostile manifest can take;
+- at most 100,000 non-empty arrays and objects in all (10,000 entries need 10,002), and
+  at most 200,000 keys in the objects the reader looks into (the top level, ``sidecar``
+  and every ``files`` entry; 10,000 entries of two keys need 20,000): each costs
+  microseconds of Python, so these bound the time a hostile manifest can take;
 - a held scalar (``version``, ``sha256``, ``size``, the poll interval): at most 256 bytes
   of JSON text; any number: at most 1,024 bytes (Python's json refuses integers of more
   than 4,300 digits; no manifest needs either).
 
 Time: about a second for 10,000 entries in 32 MiB; the slowest shapes within the limits
-(100,000 one-element arrays, a 32 MiB array of tiny scalars, keys spelled with escapes)
+(100,000 one-element arrays, a 32 MiB array of tiny scalars, 200,000 keys spelled with
+escapes)
 take seconds of CPU, never minutes (figures in ``benchmarks/manifest_memory.py``).
 
 Errors: :class:`ManifestError`, a ``BundleRejected`` whose ``reason`` is ``manifest_invalid``
@@ -73,6 +76,7 @@ class Limits:
     max_scalar_bytes: int = 256
     max_number_bytes: int = 1_024
     max_containers: int = 100_000
+    max_keys: int = 200_000
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -196,11 +200,15 @@ _RUNS = _runs(_SCALAR + _EMPTY)
 
 
 def _ignored_members(*wanted: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """Runs of scalar members whose keys (unescaped) are none of wanted; with/without empties."""
+    """One scalar member (and its comma) whose unescaped key is none of wanted.
+
+    Matched one at a time, so that each is counted against max_keys; with and without
+    empty containers as values.
+    """
     names = b"|".join(re.escape(name.encode()) for name in wanted)
     key = _WSB + rb'"(?!(?:' + names + rb')")[^"\\\x00-\x1f]*+"' + _WSB + rb":"
     return tuple(  # type: ignore[return-value]
-        re.compile(rb"(?>" + key + _WSB + rb"(?:" + scalar + rb")" + _WSB + rb",)*+")
+        re.compile(key + _WSB + rb"(?:" + scalar + rb")" + _WSB + rb",")
         for scalar in (_SCALAR + _EMPTY, _SCALAR)
     )
 
@@ -299,6 +307,7 @@ class _Parser:
         self.s, self.limits = stream, limits
         self.held = 0
         self.containers = 0
+        self.keys = 0
 
     def fail(self, what: str) -> ManifestSyntaxError:
         offset = self.s.offset
@@ -333,21 +342,26 @@ class _Parser:
         self,
         depth: int,
         on_key: Callable[[str | None], None],
-        runs: tuple[re.Pattern[bytes], re.Pattern[bytes]],
+        ignored: tuple[re.Pattern[bytes], re.Pattern[bytes]],
     ) -> None:
         """The members of the object at pos, each key given to on_key (None: not held).
 
-        runs consume runs of members that on_key would skip (_ignored_members).
+        Members that on_key would skip are matched by ignored (_ignored_members) first.
+        Every key counts against max_keys, which bounds the time these objects take.
         """
+        s = self.s
         self.open(depth)
-        if self.s.peek() == ord("}"):
-            self.s.pos += 1
+        if s.peek() == ord("}"):
+            s.pos += 1
             return
-        run = runs[0] if depth + 1 < self.limits.max_nesting else runs[1]
+        ignored_member = ignored[0] if depth + 1 < self.limits.max_nesting else ignored[1]
         while True:
-            self.s.run(run)
-            if self.s.peek() != _QUOTE:
+            while (match := ignored_member.match(s.buf, s.pos)) is not None:
+                self.count_key()
+                s.pos = match.end()
+            if s.peek() != _QUOTE:
                 raise self.fail("expected a key string")
+            self.count_key()
             key = self.key()
             self.expect(b":", "':'")
             on_key(key)
@@ -361,6 +375,14 @@ class _Parser:
         self.s.pos += 1
         if self.s.peek() != ord("}"):
             self.count_containers(1)
+
+    def count_key(self) -> None:
+        self.keys += 1
+        if self.keys > self.limits.max_keys:
+            limit = self.limits.max_keys
+            raise self.refuse(
+                f"the top level, sidecar and files entries have more than {limit} keys"
+            )
 
     def count_containers(self, count: int) -> None:
         """Non-empty arrays and objects each cost a pass of this parser's Python code."""

@@ -429,6 +429,18 @@ def test_containers_at_and_beyond_the_limit() -> None:
     assert info.value.reason == "manifest_invalid"
 
 
+@pytest.mark.parametrize("spelling", ['"k{}":0', '"\\u0061{}":null', '"version":"{}"'])
+def test_keys_of_inspected_objects_at_and_beyond_the_limit(spelling: str) -> None:
+    """max_keys keys in the top level, sidecar and entries, however spelled; one more is refused."""
+    inspected = '"sidecar":{"a":1},"files":{"path":{"size":1}}'  # 4 keys; a path is an entry
+    keys = [spelling.format(i) for i in range(LIMITS.max_keys - 4)]
+    raw = "{" + ",".join([*keys, inspected])
+    read((raw + "}").encode())
+    with pytest.raises(ManifestRefused, match=f"more than {LIMITS.max_keys} keys") as info:
+        read((raw + ',"x":1}').encode())
+    assert info.value.reason == "manifest_invalid"
+
+
 def test_empty_containers_are_not_counted() -> None:
     """Empty arrays and objects cost no more than scalars: they are not containers counted."""
     read(b'{"x":[' + b",".join([b"[]", b"{}"] * LIMITS.max_containers) + b"]}")
