@@ -141,22 +141,36 @@ class ManifestDoc:
     poll_interval_seconds: RawValue | Absent = ABSENT
 
 
+def _no_step() -> None:
+    """Nothing to report after a chunk."""
+
+
 def read_manifest_file(
-    path: Path, limits: Limits = DEFAULT_LIMITS, chunk_size: int = CHUNK_SIZE
+    path: Path,
+    limits: Limits = DEFAULT_LIMITS,
+    chunk_size: int = CHUNK_SIZE,
+    step: Callable[[], None] = _no_step,
 ) -> ManifestDoc:
-    """Parse the manifest at path in bounded memory; OSError passes through."""
+    """Parse the manifest at path in bounded memory; OSError passes through.
+
+    step is called after each chunk is read: it may report progress, or raise to abandon
+    the parse (service.progress.Progress.step does both); what it raises propagates.
+    """
     with path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > limits.max_bytes:
             raise _too_big(limits, size)
-        return read_manifest(fh, limits, chunk_size)
+        return read_manifest(fh, limits, chunk_size, step)
 
 
 def read_manifest(
-    fh: BinaryIO, limits: Limits = DEFAULT_LIMITS, chunk_size: int = CHUNK_SIZE
+    fh: BinaryIO,
+    limits: Limits = DEFAULT_LIMITS,
+    chunk_size: int = CHUNK_SIZE,
+    step: Callable[[], None] = _no_step,
 ) -> ManifestDoc:
-    """Parse the manifest read from fh, chunk_size bytes at a time."""
-    return _Parser(_Stream(fh, chunk_size, limits.max_bytes), limits).document()
+    """Parse the manifest read from fh, chunk_size bytes at a time (see read_manifest_file)."""
+    return _Parser(_Stream(fh, chunk_size, limits.max_bytes, step), limits).document()
 
 
 def _too_big(limits: Limits, offset: int) -> ManifestRefused:
@@ -241,8 +255,10 @@ _DICT_SLOT_BYTES = 64
 class _Stream:
     """The file as a sliding window: the unconsumed tail of a chunk plus the next chunk."""
 
-    def __init__(self, fh: BinaryIO, chunk_size: int, max_bytes: int) -> None:
-        self._fh, self._chunk_size, self._max_bytes = fh, chunk_size, max_bytes
+    def __init__(
+        self, fh: BinaryIO, chunk_size: int, max_bytes: int, step: Callable[[], None]
+    ) -> None:
+        self._fh, self._chunk_size, self._max_bytes, self._step = fh, chunk_size, max_bytes, step
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._read = 0
         self.buf, self.pos, self.base, self.eof = b"", 0, 0, False
@@ -256,6 +272,7 @@ class _Stream:
         if self.eof:
             return False
         data = self._fh.read(self._chunk_size)
+        self._step()
         self._check_utf8(data)
         if not data:
             self.eof = True

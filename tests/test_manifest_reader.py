@@ -387,6 +387,23 @@ def test_a_refusal_detail_is_one_short_line_without_the_content() -> None:
     assert "\n" not in detail and "xxxx" not in detail and len(detail) < 120
 
 
+def test_step_runs_after_every_chunk_and_what_it_raises_stops_the_parse(tmp_path: Path) -> None:
+    """step is called per chunk read; an exception from it (a stop) abandons the parse."""
+    path = tmp_path / "manifest.json"
+    path.write_bytes(b'{"version":"1"}' + b" " * 100)
+    calls: list[int] = []
+    read_manifest_file(path, chunk_size=10, step=lambda: calls.append(1))
+    assert len(calls) == 13  # 12 chunks and the empty read at the end
+
+    def stop() -> None:
+        if len(calls) > 15:
+            raise InterruptedError("stopping")
+        calls.append(1)
+
+    with pytest.raises(InterruptedError):
+        read_manifest_file(path, chunk_size=10, step=stop)
+
+
 # -- each limit, at and just beyond -----------------------------------------------------------
 
 
