@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool, sha256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import signing
 from service.errors import BundleRejected, TransientError
+from tests.support import ROOT, require_tool, sha256
 
 Keygen = Callable[[str], tuple[Path, Path]]
 
