@@ -159,7 +159,8 @@ def test_invalid_manifest_interval_is_skipped_with_a_warning(
 def test_manual_rollback_is_counted_by_the_daemon(
     models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
-    """A CLI rollback shows in the daemon's rollbacks_total{trigger="manual"} and version."""
+    """A CLI rollback shows in the daemon's rollbacks_total{trigger="manual"}, its version
+    gauge and its log."""
     daemon = start_daemon(models, "--poll-interval", "1")
     daemon.wait_ready()
     for version in ("v1", "v2"):
@@ -169,6 +170,7 @@ def test_manual_rollback_is_counted_by_the_daemon(
     assert run_cli("rollback", env=base_env(models)).returncode == 0
     daemon.wait_metric("model_sidecar_rollbacks_total", lambda v: v == 1, trigger="manual")
     daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version="v1")
+    assert "a rollback command switched current to v1 (from v2)" in daemon.log()
 
 
 def test_metrics_after_a_scripted_sequence(
