@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from verify import check_current
 
 from service.errors import REJECTION_REASONS
+from service.layout import Layout
+from service.stage import stage_bundle
 
 from .support import (
     Volume,
@@ -251,3 +253,157 @@ def test_status_text_shows_no_raw_control_characters(files: list[Any]) -> None:
         out = volume.cli("status")
         assert out.returncode == 0, out.stderr
         assert control_characters(out.stdout) == [], out.stdout
+
+
+# -- stage and the sidecar agree ------------------------------------------------------------
+
+bundle_files = st.dictionaries(
+    st.sampled_from(["model.onnx", "weights/w.bin", "config.json", "d/e/f.txt", "-x"]),
+    st.binary(min_size=1, max_size=64), min_size=1, max_size=4)
+MUTATIONS = {"none": None, "sha256": "checksum_mismatch", "size": "size_mismatch",
+             "missing": "file_missing", "empty": "empty_bundle",
+             "manifest only": "empty_bundle"}
+
+
+def producer_bundle(src: Path, files: dict[str, bytes], mutation: str, victim: int) -> str:
+    """A producer's bundle with its own manifest, damaged by mutation; the victim's name."""
+    src.mkdir(parents=True)
+    if mutation == "empty":
+        return str(src)
+    manifest = write_files(src, {} if mutation == "manifest only" else files, ready=False)
+    manifest["version"] = "v1"
+    name = sorted(files)[victim % len(files)]
+    spec = manifest["files"].get(name)
+    if mutation == "sha256":
+        spec["sha256"] = sha(files[name] + b"!")
+    elif mutation == "size":
+        spec["size"] += 1
+    elif mutation == "missing":
+        (src / name).unlink()
+    elif mutation == "manifest only":
+        manifest["files"] = {}
+        name = str(src)
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    return name
+
+
+@hostile(0.6)
+@given(files=bundle_files, mutation=st.sampled_from(sorted(MUTATIONS)),
+       victim=st.integers(0, 3))
+def test_stage_and_the_sidecar_agree_on_a_producers_manifest(
+    files: dict[str, bytes], mutation: str, victim: int
+) -> None:
+    """A wrong sha256/size, a missing listed file, an empty or manifest-only bundle: stage
+    exits 1 naming it and leaves staging empty; copied by hand, the sidecar rejects it
+    with the matching reason; an intact bundle is staged and promoted."""
+    count_case("producer")
+    with scratch() as base:
+        src = base / "bundle"
+        named = producer_bundle(src, files, mutation, victim)
+        volume = make_volume(base / "a")
+        volume.models.mkdir(parents=True)
+        out = volume.cli("stage", str(src))
+        staging = volume.config.staging_dir
+        if MUTATIONS[mutation] is None:
+            assert out.returncode == 0, out.stderr
+            assert volume.promoter.run_pass(wait=True).outcome == "promoted"
+        else:
+            assert out.returncode == 1, (out.returncode, out.stderr)
+            assert "Traceback" not in out.stderr
+            assert named in out.stderr, out.stderr
+            assert not staging.exists() or os.listdir(staging) == []
+        by_hand = make_volume(base / "b")
+        shutil.copytree(src, by_hand.config.staging_dir, symlinks=True)
+        (by_hand.config.staging_dir / "READY").write_bytes(b"")
+        result = by_hand.promoter.run_pass(wait=True)
+        if MUTATIONS[mutation] is None:
+            assert result.outcome == "promoted"
+        else:
+            assert result.outcome == "rejected"
+            assert rejection(by_hand.models, result.version)["reason"] == MUTATIONS[mutation]
+
+
+version_name = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
+
+
+@hostile(0.2)
+@given(listed=version_name, asked=version_name)
+def test_stage_refuses_a_version_that_contradicts_the_manifest(listed: str, asked: str) -> None:
+    """`stage --version A` of a bundle whose manifest says B exits 1 naming both; staging
+    stays empty. The same version is accepted."""
+    count_case("producer")
+    with scratch() as base:
+        src = base / "bundle"
+        manifest = write_files(src, {"m.bin": b"model"}, ready=False)
+        (src / "manifest.json").write_text(json.dumps({**manifest, "version": listed}))
+        volume = make_volume(base)
+        volume.models.mkdir()
+        out = volume.cli("stage", str(src), "--version", asked)
+        if listed == asked:
+            assert out.returncode == 0, out.stderr
+            return
+        assert out.returncode == 1, (out.returncode, out.stderr)
+        assert listed in out.stderr and asked in out.stderr, out.stderr
+        staging = volume.config.staging_dir
+        assert not staging.exists() or os.listdir(staging) == []
+
+
+# -- READY of any kind ------------------------------------------------------------------------
+
+READY_KINDS = ["directory", "directory with files", "dangling symlink", "symlink to a file "
+               "outside", "symlink to a directory outside", "symlink to a staged file", "fifo"]
+
+
+def make_ready(ready: Path, kind: str, sentinel: Path) -> None:
+    if kind == "directory":
+        ready.mkdir()
+    elif kind == "directory with files":
+        (ready / "inner").mkdir(parents=True)
+        (ready / "inner" / "x").write_bytes(b"x")
+    elif kind == "dangling symlink":
+        ready.symlink_to("nowhere")
+    elif kind == "symlink to a file outside":
+        ready.symlink_to(sentinel / "secret.txt")
+    elif kind == "symlink to a directory outside":
+        ready.symlink_to(sentinel)
+    elif kind == "symlink to a staged file":
+        ready.symlink_to("m0.bin")
+    else:
+        os.mkfifo(ready)
+
+
+@hostile(0.6)
+@given(kind=st.sampled_from(READY_KINDS), count=st.integers(1, 60))
+def test_ready_of_any_kind_is_taken_last_and_never_wedges(kind: str, count: int) -> None:
+    """READY as a directory, a dangling or outward symlink, a fifo: the bundle is taken,
+    READY is never gone while a staged entry remains, nothing outside is touched, and
+    the producer's next `stage` works."""
+    count_case("producer")
+    with scratch() as base:
+        volume = make_volume(base)
+        staging = volume.config.staging_dir
+        write_files(staging, {f"m{i}.bin": b"%d" % i for i in range(count)}, ready=False)
+        make_ready(staging / "READY", kind, volume.sentinel)
+        outside = digest(volume.sentinel)
+        early: list[list[str]] = []
+        done = threading.Event()
+
+        def watch() -> None:  # READY gone must mean staging empty (SPEC 3)
+            while not done.is_set():
+                if not os.path.lexists(staging / "READY") and (left := os.listdir(staging)):
+                    early.append(left)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            result = volume.promoter.run_pass(wait=True)
+        finally:
+            done.set()
+            watcher.join()
+        assert result.outcome == "promoted", result
+        assert early == [], f"READY was removed before {early[0]}"
+        assert os.listdir(staging) == [] and digest(volume.sentinel) == outside
+        src = base / "next"
+        write_files(src, {"next.bin": b"next"}, ready=False)
+        stage_bundle(src, Layout.from_config(volume.config), "next")  # in-process: fast
+        assert volume.promoter.run_pass(wait=True).version == "next"
