@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
