@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
@@ -406,3 +407,15 @@ def test_ready_of_any_kind_is_taken_last_and_never_wedges(kind: str, count: int)
         write_files(src, {"next.bin": b"next"}, ready=False)
         stage_bundle(src, Layout.from_config(volume.config), "next")  # in-process: fast
         assert volume.promoter.run_pass(wait=True).version == "next"
+
+
+@pytest.mark.xfail(strict=True, reason="bug in main: service/bundle.py VERSION_RE ends in $ "
+                   "(re.match), which matches before a trailing newline: a manifest version "
+                   "'v1\\n' is promoted as versions/'v1\\n', split log lines and status")
+def test_a_manifest_version_with_a_trailing_newline_is_manifest_invalid(tmp_path: Path) -> None:
+    """`{"version": "v1\\n"}` does not match the version rule: manifest_invalid."""
+    volume = make_volume(tmp_path)
+    write_files(volume.config.staging_dir, {"m.bin": b"m"}, manifest={"version": "v1\n"})
+    result = volume.promoter.run_pass(wait=True)
+    assert result.outcome == "rejected", os.listdir(volume.models / "versions")
+    assert rejection(volume.models, result.version)["reason"] == "manifest_invalid"
