@@ -282,7 +282,8 @@ def test_a_stop_signal_during_validation_returns_the_bundle_and_exits_0(
 ) -> None:
     """SIGTERM/SIGHUP while a 2 GiB file is hashed: exit 0 soon after (time printed), the
     signal logged, READY and every staged file back in staging untouched; a later pass
-    promotes the bundle."""
+    promotes the bundle (checked after SIGTERM only: the same code path, and hashing
+    2 GiB again costs CI 5-20 s)."""
     count_case("damaged_volume")
     staging = models / "staging"
     write_files(staging, {"small.bin": b"small"}, manifest=None, ready=False)
@@ -303,6 +304,8 @@ def test_a_stop_signal_during_validation_returns_the_bundle_and_exits_0(
     assert f"received {sig.name}" in daemon.log()
     assert identities(staging) == staged
     assert check_current(models) is None
+    if sig != signal.SIGTERM:
+        return
     later = run_cli("--once", env=base_env(models, METRICS_PORT="0"), timeout=300)
     assert later.returncode == 0, later.stderr[-3000:]
     assert check_current(models) == "big"

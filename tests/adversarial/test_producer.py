@@ -280,6 +280,7 @@ def producer_bundle(src: Path, files: dict[str, bytes], mutation: str, victim: i
         spec["size"] += 1
     elif mutation == "missing":
         (src / name).unlink()
+        (src / "unlisted.bin").write_bytes(b"so that the bundle is not empty")
     elif mutation == "manifest only":
         manifest["files"] = {}
         name = str(src)
