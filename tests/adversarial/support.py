@@ -3,7 +3,8 @@ outside the volume, and a fresh volume per generated case.
 
 CI runs ``HOSTILE_EXAMPLES`` examples per property (25 by default);
 ``benchmarks/chaos.py --hostile`` sets it higher and sets ``HOSTILE_REPORT`` to a file
-where every generated case is counted, by attacker and test.
+where every generated case is counted, by attacker and test. ``HOSTILE_SHRINK=0``
+skips shrinking (a quick verdict, e.g. when running the suite against an older commit).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def hostile(scale: float = 1.0, shrink: bool = True) -> Any:
     """Hypothesis settings for a property of this suite: ``scale`` of HOSTILE_EXAMPLES
     (properties that start a process per case use a smaller share). ``shrink=False`` for
     a known bug marked xfail: its first failing case is enough."""
+    shrink = shrink and os.environ.get("HOSTILE_SHRINK", "1") != "0"  # 0: a quick verdict
     phases = list(Phase) if shrink else [Phase.explicit, Phase.generate]
     return settings(max_examples=max(3, int(EXAMPLES * scale)), deadline=None,
                     database=None, suppress_health_check=list(HealthCheck), phases=phases)
