@@ -76,7 +76,8 @@ PANELS: list[dict[str, Any]] = [
           increase_by("model_sidecar_reload_requests_total", "outcome")),
     panel("timeseries", "Reload failures by reason",
           "Reloads that failed after their retries: connection (server down), timeout, "
-          "http_status (rejected the request), verify (accepted but did not load).",
+          "http_status (rejected the request), verify (accepted but did not load), "
+          "token (the token file is missing or invalid: nothing was sent).",
           increase_by("model_sidecar_reload_failures_total", "reason")),
     panel("timeseries", "Reload latency",
           "A whole reload, retries and verification included, p50/p95/p99. Near "

@@ -10,12 +10,15 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from service import __version__, history, lockfile, volume
 from service.config import Config
 from service.errors import RollbackError
+from service.health import Health
+from service.http_server import make_app, start_server
 from service.jobs.promote import Promoter
 from service.layout import Layout
-from service.metrics import Health, Metrics, make_app, start_server
+from service.metrics import Metrics
 from service.placement import check_volume
 from service.progress import Progress
 from service.reload import Reloader
+from service.startline import start_message
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,17 @@ def build_promoter(config: Config, registry: CollectorRegistry,
                     retried_later=retried_later, record_pending=record_pending)
 
 
-def log_start(config: Config) -> None:
-    log.info("forecaster-sidecar %s starting with %s", __version__, config.redacted())
+def log_start(config: Config, promoter: Promoter) -> None:
+    """One human line, and the effective configuration as fields (secrets redacted)."""
+    try:
+        current = promoter.current()
+    except OSError:
+        current = None
+    line, fields = start_message(config, current, promoter.interval())
+    log.info("%s", line, extra={"fields": {"sidecar_version": __version__, **fields}})
+    if config.reload_token_file is not None and not config.reload_token_file.exists():
+        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) "
+                    "until it does", config.reload_token_file)
     if config.reload_token_file is not None and not config.reload_token_file.exists():
         log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail until it does",
                     config.reload_token_file)
@@ -37,8 +49,8 @@ def log_start(config: Config) -> None:
 def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
     """One pass (recovery, promotion, pending reload); exit 1 when its work failed."""
     check_volume(config, create=True)
-    log_start(config)
     promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
+    log_start(config, promoter)
     result = promoter.run_pass(wait=True)
     log.info("single pass done: %s%s", result.outcome,
              " (the reload failed)" if result.reload_failed else "")
@@ -63,23 +75,24 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     check_volume(config, create=True)
     layout = Layout.from_config(config)
     volume.ensure_dirs(layout)
-    log_start(config)
-    lock = _claim_volume(config, layout)
     health = Health(clock=time.time)
-    progress = Progress()
+    progress = Progress(on_progress=health.progress)  # a long hash is progress
     promoter = build_promoter(config, registry, progress)
-    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
+    log_start(config, promoter)
     server = None
-    if config.metrics_port:
-        server, _thread = start_server(config.metrics_addr, config.metrics_port,
-                                       make_app(registry, health))
+    if config.metrics_port:  # first: a port in use exits 2 before the volume is claimed
+        server = start_server(config.metrics_addr, config.metrics_port,
+                              make_app(registry, health))
         log.info("serving /metrics, /healthz, /readyz on %s:%d", config.metrics_addr,
                  server.server_port)
+    lock = _claim_volume(config, layout)
+    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
     watcher = None
     if config.watch:
         from service.watch import start_watch
 
-        watcher = daemon.watch = start_watch(promoter.layout.staging, daemon.wake)
+        watcher = daemon.watch = start_watch(layout.staging, layout.state, daemon.wake,
+                                             daemon.wake_for_command)
     try:
         return daemon.run()
     finally:
@@ -87,7 +100,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
         if watcher is not None:
             watcher.close()
         if server is not None:
-            server.server_close()  # no shutdown(): serve_forever blocks without polling
+            server.close()
 
 
 def rollback(config: Config, target: str | None) -> int:

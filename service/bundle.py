@@ -95,6 +95,10 @@ def manifest_poll_interval(raw: object) -> object:
 
 
 MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
+# Limits of a bundle's tree, so that a walk costs bounded memory (SPEC section 3).
+MAX_TREE_ENTRIES = 100_000
+MAX_LINKS = 10_000
+MAX_TREE_DEPTH = 32
 
 
 def lexical_target(link: PurePosixPath, target: str) -> tuple[str, ...] | None:
@@ -161,7 +165,7 @@ class TreeScan:
 
     entries: int
     regular_files: int
-    hard_linked: tuple[str, ...] = ()
+    hard_linked: int = 0
 
 
 def _not_content(rel: str, manifest_name: str) -> bool:
@@ -175,17 +179,19 @@ def check_tree(root: Path, manifest_name: str = "manifest.json") -> TreeScan:
     for bundles of many files).
     """
     top = os.fspath(root)
-    entries, regular, linked = 0, 0, []
+    entries, regular, linked = 0, 0, 0
     links: dict[str, str] = {}
-    stack = [top]
+    stack = [(top, 0)]
     while stack:
-        with os.scandir(stack.pop()) as directory:
+        path, depth = stack.pop()
+        with os.scandir(path) as directory:
             for entry in directory:
                 entries += 1
                 st = entry.stat(follow_symlinks=False)
                 rel = os.path.relpath(entry.path, top)
+                _check_limits(entries, len(links), depth, rel)
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
+                    stack.append((entry.path, depth + 1))
                 elif stat.S_ISLNK(st.st_mode):
                     links[rel] = os.readlink(entry.path)
                 elif not stat.S_ISREG(st.st_mode):
@@ -193,12 +199,22 @@ def check_tree(root: Path, manifest_name: str = "manifest.json") -> TreeScan:
                                          f"{rel!r} is not a regular file or directory")
                 else:
                     regular += 0 if _not_content(rel, manifest_name) else 1
-                    if st.st_nlink > 1:
-                        linked.append(entry.path)
+                    linked += st.st_nlink > 1
     check_links(links)
     if regular == 0:
         raise BundleRejected("empty_bundle", "the bundle holds no file besides its manifest")
-    return TreeScan(entries, regular, tuple(linked))
+    return TreeScan(entries, regular, linked)
+
+
+def _check_limits(entries: int, links: int, depth: int, rel: str) -> None:
+    if entries > MAX_TREE_ENTRIES:
+        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_TREE_ENTRIES} "
+                                            f"entries")
+    if links > MAX_LINKS:
+        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_LINKS} symlinks")
+    if depth >= MAX_TREE_DEPTH:
+        raise BundleRejected("unsafe_path", f"{rel[:80]!r} is nested deeper than "
+                                            f"{MAX_TREE_DEPTH} directories")
 
 
 def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:

@@ -15,13 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ConfigError
+from service.interval import DEFAULT_INTERVAL, check_interval
+from service.tokens import parse_token_setting
 
-MIN_INTERVAL = 1.0
-MAX_INTERVAL = 86400.0
-DEFAULT_INTERVAL = 30.0
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("auto", "text", "json")
@@ -52,12 +51,21 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "auto"
     watch: bool = True
+    trusted_keys_file: Path | None = None
+    source: str | None = None
+    source_poll_seconds: float = 60.0
+    source_insecure: tuple[str, ...] = ()
+    registry_auth_file: Path | None = None  # None: ~/.docker/config.json
 
     def redacted(self) -> dict[str, object]:
         """The effective configuration for the start-up log, secrets replaced."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.reload_token is not None:
             values["reload_token"] = "<redacted>"  # noqa: S105
+        for key in ("reload_url", "reload_verify_url"):
+            url = values[key]
+            if isinstance(url, str) and "@" in urlsplit(url).netloc:  # refused by load_config
+                values[key] = _shown_url(url)
         return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
@@ -94,7 +102,14 @@ def parse_int(name: str, raw: str, low: int, high: int) -> int:
 
 
 def parse_interval(name: str, raw: str) -> float:
-    return parse_number(name, raw, MIN_INTERVAL, MAX_INTERVAL)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    try:
+        return check_interval(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def parse_choice(name: str, raw: str, choices: tuple[str, ...], upper: bool) -> str:
@@ -104,11 +119,35 @@ def parse_choice(name: str, raw: str, choices: tuple[str, ...], upper: bool) -> 
     return value
 
 
+def _shown_url(raw: str) -> str:
+    """``raw`` for an error message, never with the user information of a URL in it."""
+    if "@" not in raw:
+        return repr(raw)
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or "@" not in parts.netloc or value.count("@") != parts.netloc.count("@"):
+        return "(not shown: it contains '@')"
+    host = parts.netloc.rpartition("@")[2]
+    return repr(urlunsplit(parts._replace(netloc="<redacted>@" + host)))
+
+
 def parse_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw.strip())
+    value = raw.strip()
+    bad_url = ConfigError(f"{name}: expected an http:// or https:// URL, got {_shown_url(raw)}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number 0-65535
+    except ValueError:
+        raise bad_url from None
+    if "@" in parts.netloc:
+        raise ConfigError(f"{name}: credentials in the URL {_shown_url(raw)} are not allowed "
+                          "(they would be sent instead of the token): use RELOAD_TOKEN_FILE")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
-    return raw.strip()
+        raise bad_url
+    return value
 
 
 def parse_path(name: str, raw: str) -> Path:
@@ -142,6 +181,26 @@ def parse_token_file(name: str, raw: str) -> Path:
     return path
 
 
+def parse_source(name: str, raw: str) -> str:
+    """An OCI reference ``oci://REGISTRY/REPO:TAG`` or ``…@sha256:<hex>`` (checked in full
+    by the pulling code at start); credentials never belong in it."""
+    value = raw.strip()
+    rest = value.removeprefix("oci://")
+    if rest == value or "/" not in rest or "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{name}: expected oci://REGISTRY/REPOSITORY:TAG or "
+                          f"oci://REGISTRY/REPOSITORY@sha256:<hex>, got {value[:120]!r}")
+    return value
+
+
+def parse_hosts(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of ``host:port`` (or ``host``) registry names."""
+    hosts = tuple(h.strip() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
+            raise ConfigError(f"{name}: {host[:80]!r} is not a host or host:port")
+    return hosts
+
+
 Parser = Callable[[str, str], Any]
 
 # field -> (environment variable or None, command-line flag or None, parser)
@@ -159,7 +218,7 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
     ),
     "reload_timeout": ("RELOAD_TIMEOUT", None, lambda n, r: parse_number(n, r, 0.001, 3600)),
     "reload_retries": ("RELOAD_RETRIES", None, lambda n, r: parse_int(n, r, 0, 100)),
-    "reload_token": ("RELOAD_TOKEN", None, lambda n, r: r),
+    "reload_token": ("RELOAD_TOKEN", None, parse_token_setting),
     "reload_token_file": ("RELOAD_TOKEN_FILE", None, parse_token_file),
     "reload_verify_url": ("RELOAD_VERIFY_URL", None, parse_url),
     "rollback_on_reload_failure": ("ROLLBACK_ON_RELOAD_FAILURE", None, parse_bool),
@@ -172,10 +231,18 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
         "LOG_FORMAT", "--log-format", lambda n, r: parse_choice(n, r, LOG_FORMATS, False)
     ),
     "watch": ("WATCH", "--watch", parse_bool),
+    "trusted_keys_file": ("TRUSTED_KEYS_FILE", None, parse_path),
+    "source": ("SOURCE", None, parse_source),
+    "source_poll_seconds": (
+        "SOURCE_POLL_SECONDS", None, lambda n, r: parse_number(n, r, 5, 86400)
+    ),
+    "source_insecure": ("SOURCE_INSECURE", None, parse_hosts),
+    "registry_auth_file": ("REGISTRY_AUTH_FILE", None, parse_path),
 }
 # Optional strings where an empty environment value means "unset" (as Kubernetes renders
 # an optional ConfigMap key); RELOAD_URL="" means "reloading disabled" (SPEC section 6).
-_EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL"}
+_EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL",
+                      "TRUSTED_KEYS_FILE", "SOURCE", "SOURCE_INSECURE", "REGISTRY_AUTH_FILE"}
 
 
 _UNSET = object()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 REJECTION_REASONS = (
     "manifest_missing",
     "manifest_invalid",
@@ -11,9 +14,12 @@ REJECTION_REASONS = (
     "unsafe_path",
     "version_exists",
     "empty_bundle",
+    "signature_missing",
+    "signature_invalid",
 )
 PROMOTION_FAILURE_REASONS = (*REJECTION_REASONS, "io_error", "state_damaged")
-RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify")
+PULL_FAILURE_REASONS = ("connection", "auth", "not_found", "digest_mismatch", "io_error")
+RELOAD_FAILURE_REASONS = ("connection", "timeout", "http_status", "verify", "token")
 
 
 class SidecarError(Exception):
@@ -80,12 +86,25 @@ class RollbackError(SidecarError):
     reason = "rollback"
 
 
+@contextmanager
+def doing(operation: str) -> Iterator[None]:
+    """Name the operation an OSError interrupted (``one_line`` shows it first)."""
+    try:
+        yield
+    except OSError as exc:
+        if not getattr(exc, "__notes__", None):
+            exc.add_note(operation)
+        raise
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one line for a log or an error message: for an OSError, what
-    failed and on which path; never more than the first line of a message."""
+    """An exception as one line for a log or an error message: for an OSError, the
+    operation, what failed and on which path; never more than a message's first line."""
     if isinstance(exc, OSError) and exc.strerror:
+        notes = getattr(exc, "__notes__", None)
         paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-        return f"{exc.strerror}: {' -> '.join(paths)}" if paths else exc.strerror
+        text = f"{exc.strerror}: {' -> '.join(paths)}" if paths else exc.strerror
+        return f"{notes[0]}: {text}" if notes else text
     if isinstance(exc, SidecarError):
         return exc.detail.splitlines()[0] if exc.detail else exc.reason
     text = str(exc)

@@ -30,7 +30,10 @@ class ReloadRequest:
 
 @dataclass(frozen=True)
 class ReloadResult:
-    """What one reload did: HTTP requests sent, how many failed, and the final error."""
+    """What one reload did: HTTP requests sent, how many failed, and the final error.
+
+    A reload refused before anything is sent (reason ``token``) has no attempts.
+    """
 
     attempts: int
     failed_attempts: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,14 +25,17 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from service.errors import one_line
+from service.health import Health
 from service.jobs.promote import Promoter
 from service.lockfile import DaemonLock
-from service.metrics import Health, Metrics
+from service.metrics import Metrics
 from service.progress import Progress
 from service.watch import Watch
 
 log = logging.getLogger(__name__)
 JOB_ID = "promote"
+STOP_GRACE = 3.0  # seconds a stop waits for a reload in flight (SPEC 9: exit within 5 s)
 
 
 class Daemon:
@@ -41,6 +45,7 @@ class Daemon:
         self.promoter = promoter
         self.progress = progress or promoter.progress
         self.lock = lock
+        self._command_pending = False
         self.metrics = metrics
         self.health = health
         self.clock = clock
@@ -57,10 +62,16 @@ class Daemon:
 
     def poll(self) -> float:
         """The scheduled job: one pass; returns the interval resolved after it."""
-        result = self.promoter.run_pass()
+        # After a command's event the command still holds the volume lock for a moment:
+        # wait for it rather than skip the pass that delivers the command's reload.
+        wait, self._command_pending = self._command_pending, False
+        self.health.pass_started()
+        try:
+            result = self.promoter.run_pass(wait=wait)
+        finally:
+            self.health.pass_finished()
         if self.lock is not None and not self.lock.held:
             self.lock.acquire(self.lock.info)  # the other daemon may have gone
-        self.health.last_poll = self.clock()
         self.health.ready = True
         if self.watch is not None:
             self.watch.rearm()
@@ -70,7 +81,7 @@ class Daemon:
 
     def _after_poll(self, event: JobExecutionEvent) -> None:
         if event.exception is not None:
-            log.error("promotion pass crashed: %r", event.exception)
+            log.error("promotion pass crashed: %s", one_line(event.exception))
             return
         new = float(event.retval)
         if new != self.interval:
@@ -88,7 +99,14 @@ class Daemon:
         try:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
         except Exception as exc:
-            log.debug("cannot wake the job: %r", exc)
+            log.debug("cannot wake the job: %s", one_line(exc))
+
+    def wake_for_command(self) -> None:
+        """A command changed the volume (a rollback): deliver its reload now. The
+        daemon's own passes write the same files; those are not a reason to wake."""
+        if not self.promoter.pass_lock.locked():
+            self._command_pending = True
+            self.wake()
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -107,11 +125,28 @@ class Daemon:
             self.scheduler.start()
         finally:
             self.health.running = False
-            with self.promoter.pass_lock:  # a pass in progress finishes first
-                pass
+            finished = self._wait_for_pass()
             install_signal_handlers(previous)
         log.info("stopped")
+        if not finished:
+            # Only a reload is in flight: its pending file stays and the next start sends
+            # it again. The worker thread would hold the interpreter's exit until the
+            # model server answers, so leave without waiting for it.
+            logging.shutdown()
+            os._exit(0)
         return 0
+
+    def _wait_for_pass(self) -> bool:
+        """Wait for the pass in progress: always while it changes the volume (a
+        validation stops at once, a journalled change is quick); a reload in flight only
+        for STOP_GRACE seconds. Whether the pass finished."""
+        while not self.promoter.pass_lock.acquire(timeout=STOP_GRACE):
+            if not self.promoter.changing.is_set():
+                log.warning("stopping with a reload in flight; it is sent again at the "
+                            "next start")
+                return False
+        self.promoter.pass_lock.release()
+        return True
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -194,6 +194,9 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
     """Stage the bundle at src into layout's staging directory."""
     if not src.is_dir():
         raise ConfigError(f"BUNDLE_DIR: {src} is not a directory")
+    if not layout.root.is_dir():
+        raise ConfigError(f"MODELS_ROOT {layout.root} is not a directory (stage never "
+                          f"creates the volume; is --models-root right?)")
     raw, manifest = read_source_manifest(src, layout.manifest_name)
     if manifest is not None:  # "./a" and "a" name the same file
         files = {PurePosixPath(k).as_posix(): v for k, v in manifest.files.items()}
@@ -201,8 +204,7 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
     chosen = choose_version(manifest, version)
     tree = scan_source(src, {layout.manifest_name, "READY"})
     check_source(tree, manifest, src)
-    if not layout.staging.is_dir():
-        layout.staging.mkdir()
+    layout.staging.mkdir(exist_ok=True)  # a daemon starting now may create it too
     check_staging_free(layout)
     try:
         specs = copy_bundle(src, layout.staging, tree, manifest.files if manifest else {},

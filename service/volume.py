@@ -7,17 +7,19 @@ after a crash between them, is decided in :mod:`service.jobs.promote`.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from service import fsops
+from service.errors import doing
 from service.layout import Layout
+from service.progress import Progress
 
 STRAY_PREFIX = "copy-"
 
@@ -91,7 +93,20 @@ def staged_entries(layout: Layout) -> list[str]:
     return sorted(e for e in os.listdir(layout.staging) if e != "READY")
 
 
-def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
+COPY_CHUNK = 1024 * 1024
+
+
+def copy_file(src: str, dst: str, progress: Progress) -> None:
+    """Copy one regular file in chunks, so that a stop interrupts even a huge one."""
+    with doing(f"copying {src} to {dst}"), open(src, "rb") as fin, open(dst, "xb") as fout:
+        while chunk := fin.read(COPY_CHUNK):
+            fout.write(chunk)
+            progress.step()
+    shutil.copystat(src, dst)
+
+
+def claim(layout: Layout, entries: list[str],
+          progress: Progress | None = None) -> tuple[bool, list[str]]:
     """Move the staged entries into the work dir, or copy them across filesystems.
 
     Returns whether they were copied (then staging still holds them) and the special
@@ -109,21 +124,30 @@ def claim(layout: Layout, entries: list[str]) -> tuple[bool, list[str]]:
                 if exc.errno != errno.EXDEV:
                     raise
             copied = True
-        skipped += fsops.copy_entry(src, dst)
-    return copied, skipped  # made durable by the syncfs before the journal is written
+        skipped += fsops.copy_entry(src, dst, functools.partial(copy_file,
+                                                                progress=progress or Progress()))
+    return copied, skipped  # made durable by fsops.sync_tree before the journal is written
 
 
-def break_hard_links(layout: Layout, paths: Iterable[str]) -> None:
-    """Replace claimed files that have other hard links by private copies.
+def break_hard_links(layout: Layout) -> int:
+    """Replace claimed files that have other hard links by private copies; how many.
 
     A hard link shares its inode with a file outside the bundle; whoever can write that
     file could change a published version. The copy is made in the work dir (where a
-    crash leaves it for :func:`remove_stray_copies`) and renamed over the link.
+    crash leaves it for :func:`remove_stray_copies`) and renamed over the link. A second
+    walk, so that the first keeps no list of paths.
     """
-    for path in paths:
-        tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
-        shutil.copy2(path, tmp)
-        os.replace(tmp, path)
+    copied = 0
+    for dirpath, _dirs, names in os.walk(layout.incoming):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                tmp = layout.work / f"{STRAY_PREFIX}{secrets.token_hex(8)}"
+                shutil.copy2(path, tmp)
+                os.replace(tmp, path)
+                copied += 1
+    return copied
 
 
 def remove_stray_copies(layout: Layout) -> None:
@@ -164,7 +188,7 @@ def release_staging(layout: Layout, copied: list[str], ready: ReadyMark | None) 
 def publish_dir(src: Path, dst: Path, sync_content: bool) -> None:
     """Rename a complete directory to its final place, durably."""
     if sync_content:
-        fsops.sync_filesystem(src)
+        fsops.sync_tree(src)
     os.rename(src, dst)
     fsops.fsync_dir(dst.parent)
     fsops.fsync_dir(src.parent)

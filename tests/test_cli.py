@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
+import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ReloadServer, base_env, run_cli, sha256, tree_digest, write_bundle
+from conftest import ROOT, ReloadServer, base_env, run_cli, sha256, tree_digest, write_bundle
 
 
 @pytest.fixture
@@ -30,7 +38,8 @@ def test_stage_writes_files_manifest_with_checksums_and_ready(bundle: Path, mode
     assert manifest["sidecar"] == {"poll_interval_seconds": 9}
     assert manifest["files"] == {
         "model.onnx": {"sha256": sha256(b"onnx-bytes"), "size": 10},
-        "sub/vocab.txt": {"sha256": sha256(b"a\nb\n"), "size": 4}}
+        "sub/vocab.txt": {"sha256": sha256(b"a\nb\n"), "size": 4},
+    }
     assert (staging / "READY").exists()
 
 
@@ -67,6 +76,104 @@ def test_stage_then_once_promotes(bundle: Path, models: Path) -> None:
     assert (models / "current" / "sub" / "vocab.txt").read_bytes() == b"a\nb\n"
 
 
+# -- stage on a terminal ----------------------------------------------------------------------
+
+
+def run_in_pty(
+    args: list[str], env: dict[str, str], interrupt_at: bytes | None = None, deadline: float = 120
+) -> tuple[int, str]:
+    """Run the CLI on a real pseudo-terminal (100x24, its controlling terminal); type
+    Ctrl-C once the output matches ``interrupt_at``. The exit code and all output."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of a real size, then the CLI
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-m", "service", *args], env)
+        finally:
+            os._exit(127)
+    out, sent, end = b"", False, time.monotonic() + deadline
+    while time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 1)
+        try:
+            data = os.read(fd, 65536) if ready else b"-"
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        out += data if ready else b""
+        if interrupt_at is not None and not sent and re.search(interrupt_at, out):
+            os.write(fd, b"\x03")  # the terminal turns it into SIGINT, as a user's Ctrl-C
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def _big_bundle(path: Path, files: int, each: int) -> Path:
+    path.mkdir()
+    for i in range(files):
+        with (path / f"part-{i:02d}.bin").open("wb") as fh:
+            fh.truncate(each)  # sparse: cheap to make, read as zeros
+    return path
+
+
+def test_stage_on_a_terminal_shows_progress_and_a_final_line(models: Path, tmp_path: Path) -> None:
+    """On a terminal stage shows bytes, rate and time left, then files, size, version, paths."""
+    src = _big_bundle(tmp_path / "big", 2, 8 * 1024 * 1024)
+    code, out = run_in_pty(["stage", str(src), "--version", "v1"], base_env(models))
+    assert code == 0, out
+    assert re.search(r"staging: 100%\|.*\| 16\.0M/16\.0M \[\d\d:\d\d<\d\d:\d\d, .*B/s\]", out), out
+    final = out.replace("\r", "").strip().splitlines()[-1]
+    assert final == (
+        f"staged 2 files, 16.0 MiB, version v1, into {models / 'staging'} (root {models})"
+    ), out
+
+
+def test_stage_without_a_terminal_prints_no_progress(bundle: Path, models: Path) -> None:
+    """Piped, stage writes nothing to stderr and one line to stdout."""
+    out = run_cli("stage", str(bundle), "--version", "v1", env=base_env(models))
+    assert out.returncode == 0
+    assert out.stderr == ""
+    assert out.stdout.count("\n") == 1 and out.stdout.startswith("staged 2 files, ")
+
+
+def test_ctrl_c_during_stage_cleans_up_and_exits_130(models: Path, tmp_path: Path) -> None:
+    """Ctrl-C while stage copies: exit 130, one line and no traceback, staging left empty."""
+    src = _big_bundle(tmp_path / "big", 16, 64 * 1024 * 1024)
+    code, out = run_in_pty(
+        ["stage", str(src), "--version", "v1"],
+        base_env(models),
+        interrupt_at=rb"staging:\s+[1-9]\d*%",
+    )
+    assert code == 130, out
+    assert "Traceback" not in out
+    assert f"stage: interrupted; what it had copied into {models / 'staging'} was removed" in out
+    assert list((models / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["run", "--once", "--no-reload"], ["stage", "BUNDLE"]])
+def test_the_progress_library_is_not_imported_without_a_terminal(
+    args: list[str], bundle: Path, models: Path
+) -> None:
+    """Neither the daemon nor a piped stage imports tqdm (measured by -X importtime)."""
+    import subprocess
+
+    argv = [str(bundle) if a == "BUNDLE" else a for a in args]
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "service", *argv],
+        env=base_env(models),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| service.cli" in out.stderr
+    assert "tqdm" not in out.stderr
+
+
 def test_once_with_nothing_to_do_exits_0(models: Path) -> None:
     """run --once on an empty volume exits 0 and creates the layout."""
     out = run_cli("run", "--once", env=base_env(models))
@@ -89,33 +196,6 @@ def test_once_with_a_failed_reload_exits_1(models: Path, reload_server: ReloadSe
     assert os.readlink(models / "current") == "versions/v1"
 
 
-def test_status_json_reports_the_volume(models: Path) -> None:
-    """status --json names current, previous, versions, staged and rejected bundles."""
-    env = base_env(models)
-    for version in ("v1", "v2"):
-        write_bundle(models / "staging", {"m": version.encode()}, version=version)
-        run_cli("--once", env=env)
-    write_bundle(models / "staging", {}, manifest=None)
-    run_cli("--once", env=env)
-    write_bundle(models / "staging", {"m": b"3"}, version="v3")
-    out = run_cli("status", "--json", env=env)
-    assert out.returncode == 0, out.stderr
-    state = json.loads(out.stdout)
-    assert (state["current"], state["previous"]) == ("v2", "v1")
-    assert state["versions"] == ["v2", "v1"]
-    assert state["staged"] == {"ready": True, "entries": 2}
-    assert [r["reason"] for r in state["rejected"]] == ["empty_bundle"]
-    assert [e["event"] for e in state["last_events"]] == ["promoted", "promoted", "rejected"]
-
-
-def test_status_text_is_readable(models: Path) -> None:
-    """status without --json prints the current version for a human."""
-    write_bundle(models / "staging", {"m": b"1"}, version="v1")
-    run_cli("--once", env=base_env(models))
-    out = run_cli("status", env=base_env(models))
-    assert out.returncode == 0 and "current:   v1" in out.stdout
-
-
 def _two_versions(models: Path) -> dict[str, str]:
     env = base_env(models)
     for version in ("v1", "v2"):
@@ -132,7 +212,11 @@ def test_rollback_defaults_to_the_previous_version(models: Path) -> None:
     assert os.readlink(models / "current") == "versions/v1"
     last = json.loads((models / ".sidecar" / "history.jsonl").read_text().splitlines()[-1])
     assert (last["event"], last["version"], last["previous"], last["trigger"]) == (
-        "rolled_back", "v1", "v2", "manual")
+        "rolled_back",
+        "v1",
+        "v2",
+        "manual",
+    )
 
 
 def test_rollback_twice_toggles(models: Path) -> None:
@@ -187,8 +271,13 @@ def test_sidecar_sh_passes_arguments_through(models: Path) -> None:
     from conftest import ROOT
 
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
-    out = subprocess.run([str(ROOT / "sidecar" / "sidecar.sh"), "--once", "--no-reload"],
-                         env=base_env(models), capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [str(ROOT / "sidecar" / "sidecar.sh"), "--once", "--no-reload"],
+        env=base_env(models),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert os.readlink(models / "current") == "versions/v1"

@@ -23,6 +23,9 @@ BAD_ENV = [
     ("KEEP_VERSIONS", "three"), ("KEEP_REJECTED", "-1"), ("METRICS_PORT", "65536"),
     ("METRICS_PORT", "http"), ("METRICS_ADDR", "not an address!"), ("LOG_LEVEL", "LOUD"),
     ("LOG_FORMAT", "xml"), ("MODELS_ROOT", ""), ("STAGING_DIR", ""), ("CURRENT_LINK", ""),
+    ("SOURCE", "registry/repo:tag"), ("SOURCE", "oci://registry"),
+    ("SOURCE", "oci://user:pw@registry/repo:tag"), ("SOURCE_POLL_SECONDS", "4"),
+    ("SOURCE_POLL_SECONDS", "86401"), ("SOURCE_INSECURE", "a b"),
 ]
 BAD_FLAGS = [
     ("--poll-interval", "0.5"), ("--poll-interval", "x"), ("--poll-interval", "inf"),
@@ -116,3 +119,15 @@ def test_token_is_redacted_in_the_logged_configuration() -> None:
     config = load_config({}, {"RELOAD_TOKEN": "hunter2-secret"})
     assert "hunter2-secret" not in repr(config)
     assert "hunter2-secret" not in str(config.redacted())
+
+
+def test_fleet_settings_are_parsed() -> None:
+    """SOURCE, SOURCE_POLL_SECONDS, SOURCE_INSECURE and the key/auth files are read."""
+    config = load_config({}, {"SOURCE": "oci://127.0.0.1:5000/models/f:stable",
+                              "SOURCE_POLL_SECONDS": "5", "SOURCE_INSECURE": "127.0.0.1:5000, x",
+                              "TRUSTED_KEYS_FILE": "/keys.pem", "REGISTRY_AUTH_FILE": ""})
+    assert config.source == "oci://127.0.0.1:5000/models/f:stable"
+    assert config.source_poll_seconds == 5.0
+    assert config.source_insecure == ("127.0.0.1:5000", "x")
+    assert config.trusted_keys_file == Path("/keys.pem")
+    assert config.registry_auth_file is None

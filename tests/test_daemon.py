@@ -39,12 +39,12 @@ def test_daemon_promotes_and_serves_endpoints(
 
 
 def test_sigterm_and_sigint_exit_0(models: Path, start_daemon: Callable[..., Daemon]) -> None:
-    """SIGTERM and SIGINT stop the daemon cleanly with exit code 0."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    """SIGTERM, SIGINT and SIGHUP stop the daemon cleanly with exit code 0 and a log line."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         daemon = start_daemon(models)
         daemon.wait_ready()
         assert daemon.stop(sig) == 0
-        assert "stopped" in daemon.log()
+        assert "stopped" in daemon.log() and signal.Signals(sig).name in daemon.log()
 
 
 def test_sigterm_during_a_reload_finishes_the_pass(
@@ -60,6 +60,26 @@ def test_sigterm_during_a_reload_finishes_the_pass(
     assert daemon.stop() == 0
     assert "reload of v1 failed (timeout)" in daemon.log()
     assert os.readlink(models / "current") == "versions/v1"
+
+
+def test_sigterm_does_not_wait_for_a_long_reload(
+    models: Path, start_daemon: Callable[..., Daemon], reload_server: ReloadServer
+) -> None:
+    """A stop leaves a reload the server holds for a minute; the next start sends it."""
+    reload_server.script = ["hang"]
+    env = {"RELOAD_URL": reload_server.url, "RELOAD_TIMEOUT": "60", "RELOAD_RETRIES": "0"}
+    daemon = start_daemon(models, "--poll-interval", "1", **env)
+    daemon.wait_ready()
+    write_bundle(models / "staging", {"m": b"1"}, version="v1")
+    wait_for(lambda: len(reload_server.requests) == 1, what="the reload request")
+    assert daemon.stop(timeout=20) == 0
+    assert "sent again at the next start" in daemon.log()
+    assert (models / ".sidecar" / "reload-pending.json").exists()
+    again = start_daemon(models, "--poll-interval", "1", **env)
+    again.wait_ready()
+    wait_for(lambda: not (models / ".sidecar" / "reload-pending.json").exists(),
+             what="the restarted daemon to deliver the reload")
+    assert [r.json()["version"] for r in reload_server.requests] == ["v1", "v1"]
 
 
 def test_interval_defaults_to_30(models: Path, start_daemon: Callable[..., Daemon]) -> None:
@@ -224,3 +244,14 @@ def test_metrics_port_0_disables_the_server(models: Path, tmp_path: Path) -> Non
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "serving /metrics" not in err
+
+
+def test_exposition_has_no_created_series(
+    models: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """The daemon's /metrics carries no *_created series (they double the exposition)."""
+    daemon = start_daemon(models)
+    daemon.wait_ready()
+    status, text = http_get(daemon.url + "/metrics")
+    assert status == 200 and "model_sidecar_polls_total" in text
+    assert "_created" not in text

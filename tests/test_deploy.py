@@ -35,10 +35,11 @@ def container(name: str) -> dict[str, Any]:
     return next(c for c in spec["containers"] if c["name"] == name)
 
 
-def test_dockerfile_is_hadolint_clean() -> None:
-    """hadolint reports nothing on the Dockerfile."""
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "examples/forecaster_app/Dockerfile"])
+def test_dockerfile_is_hadolint_clean(dockerfile: str) -> None:
+    """hadolint reports nothing on the sidecar's and the example app's Dockerfiles."""
     hadolint = require_tool("hadolint")
-    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True,
+    out = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -101,6 +102,23 @@ def test_security_context_is_hardened() -> None:
     assert container("sidecar")["resources"]["limits"]["memory"]
 
 
+def test_reload_token_secret_is_required() -> None:
+    """The token Secret is not optional: no pod runs without the file both containers read."""
+    volumes = by_kind("Deployment")["spec"]["template"]["spec"]["volumes"]
+    token = next(v for v in volumes if v["name"] == "reload-token")
+    assert token["secret"]["optional"] is False
+    assert by_kind("ConfigMap")["data"]["RELOAD_TOKEN_FILE"].startswith(
+        next(m["mountPath"] for m in container("forecaster")["volumeMounts"]
+             if m["name"] == "reload-token") + "/")
+
+
+def test_grace_period_fits_the_stop_bound() -> None:
+    """The grace period is above the sidecar's 5 s stop bound (SPEC 9) and at most
+    podman's fixed 10 s stop timeout, which the pod test proves."""
+    assert 5 < by_kind("Deployment")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] <= 10
+
+
 def test_seed_shape_is_kept() -> None:
     """The app forecaster:latest on 8000 and hostPath /var/lib/forecaster-models at /models."""
     app = container("forecaster")
@@ -155,3 +173,27 @@ def test_mlserver_overlay_renders_and_validates(tmp_path: Path) -> None:
     app = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
                if c["name"] == "forecaster")
     assert app["command"] == ["mlserver", "start", "/models/current"]
+
+
+def test_cluster_test_kustomization_renders_and_validates(tmp_path: Path) -> None:
+    """What tests/test_e2e_k3s.py applies renders offline with its edits and validates."""
+    from test_e2e_k3s import kustomization
+
+    kubectl = require_tool("kubectl")
+    validate = require_tool("kubernetes-validate")
+    rendered = subprocess.run([kubectl, "kustomize", str(kustomization(tmp_path, "ns-e2e", "t"))],
+                              capture_output=True, text=True, check=True).stdout
+    (tmp_path / "rendered.yaml").write_text(rendered)
+    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(tmp_path / "rendered.yaml")],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {"ns-e2e"}
+    assert docs["ConfigMap"]["data"]["ROLLBACK_ON_RELOAD_FAILURE"] == "true"
+    assert set(docs["Secret"]["data"]) == {"token", "app-token"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    app = next(c for c in pod["containers"] if c["name"] == "forecaster")
+    assert [e["value"] for e in app["env"] if e["name"] == "RELOAD_TOKEN_FILE"] == [
+        "/var/run/secrets/forecaster/app-token"]
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert models["hostPath"]["path"] == "/var/lib/ns-e2e"

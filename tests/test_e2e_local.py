@@ -99,5 +99,5 @@ def test_wrong_token_fails_the_reload_and_the_old_model_serves(
     daemon.wait_metric("model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1,
                        reason="http_status")
     assert predict(app)["version"] == "v1"
-    token_file.rename(wrong)  # rotate the Secret to the right token: next poll delivers
+    wrong.write_text(token_file.read_text())  # rotate the Secret: the next poll delivers
     wait_for(lambda: predict(app).get("version") == "v2", what="v2 after the rotation")

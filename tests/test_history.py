@@ -1,15 +1,11 @@
-"""history.jsonl and the pure decisions built on it (retention, naming, interval)."""
+"""history.jsonl: appending, tolerant reading, damage and repair, what it tells."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
-from service import history, retention
-from service.interval import check_manifest_interval, resolve_interval
-from service.naming import generated_name
+from service import history
 
 
 def write(path: Path, events: list[dict[str, object]]) -> None:
@@ -52,36 +48,31 @@ def test_promotion_order_counts_rollbacks_as_recent() -> None:
     assert history.promotion_order(events) == ["b", "a"]
 
 
-def test_versions_unknown_to_history_are_oldest() -> None:
-    """Versions without a history record sort before known ones, by name."""
-    assert retention.order_versions(["z", "a", "v2", "v1"], ["v1", "v2"]) == [
-        "a", "z", "v1", "v2"]
+def test_damaged_middle_lines_are_counted_and_skipped(tmp_path: Path) -> None:
+    """Complete lines that are not events (garbage, deep nesting, wrong types) are damage."""
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"event": "promoted", "version": "v1"}\n' + "[" * 50_000 + "\n"
+                    + '{"event": "promoted", "version": 7}\nnot json\n'
+                    + '{"event": "promoted", "version": "v2"}\n')
+    events = history.read_tail_events(path)
+    assert [e["version"] for e in events.events] == ["v1", "v2"]
+    assert events.damaged == 3
 
 
-def test_versions_to_delete_spares_protected() -> None:
-    """Surplus versions are deleted oldest first, never a protected one."""
-    ordered = ["v1", "v2", "v3", "v4", "v5"]
-    assert retention.versions_to_delete(ordered, 2, {"v5", "v2"}) == ["v1", "v3"]
-    assert retention.versions_to_delete(ordered, 10, set()) == []
+def test_torn_last_line_is_not_damage(tmp_path: Path) -> None:
+    """A partial last line (a crash mid-append) is skipped without being called damage."""
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"event": "promoted", "version": "v1"}\n{"event": "pro')
+    assert history.read_tail_events(path).damaged == 0
 
 
-def test_generated_names_take_suffixes_on_collision() -> None:
-    """Timestamp names get -2, -3 while taken."""
-    taken = {"20270115T080000Z", "20270115T080000Z-2"}
-    assert generated_name(1_800_000_000.0, taken) == "20270115T080000Z-3"
-
-
-@pytest.mark.parametrize("value", [True, False, "30", 0, 0.5, 86401, float("inf"),
-                                   float("nan"), [30], {"s": 1}])
-def test_invalid_manifest_intervals_are_refused(value: object) -> None:
-    """Only numbers in [1, 86400] are intervals; booleans are not numbers."""
-    with pytest.raises(ValueError, match="poll_interval_seconds"):
-        check_manifest_interval(value)
-
-
-def test_interval_precedence() -> None:
-    """CLI flag, then the manifest of current, then POLL_DEFAULT, then 30."""
-    assert resolve_interval(5, 10, 20) == 5
-    assert resolve_interval(None, 10, 20) == 10
-    assert resolve_interval(None, None, 20) == 20
-    assert resolve_interval(None, None, None) == 30
+def test_repair_keeps_the_original_and_the_good_lines(tmp_path: Path) -> None:
+    """repair() sets the damaged file aside and rewrites history with its good lines."""
+    path = tmp_path / "h.jsonl"
+    original = '{"event": "promoted", "version": "v1"}\ngarbage\n'
+    original += '{"event": "rolled_back", "version": "v1", "previous": null}\n'
+    path.write_text(original)
+    aside = history.repair(path, 1_800_000_000.0)
+    assert aside.read_text() == original
+    assert [e["event"] for e in history.read(path)] == ["promoted", "rolled_back"]
+    assert history.read_tail_events(path).damaged == 0

@@ -145,16 +145,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "scrape_configs": [{"job_name": "forecaster-sidecar", "static_configs": [
             {"targets": [f"127.0.0.1:{sidecar.port}"]}]}],
     }))
-    procs = [
-        _start([alertmanager, f"--config.file={tmp / 'am.yml'}", f"--storage.path={tmp / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-               tmp / "am.log"),
-        _start([prometheus, f"--config.file={tmp / 'prom.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prom.log"),
-    ]
+    procs: list[subprocess.Popen[bytes]] = []
     s = Stack(models, sidecar, reload, webhook, f"http://127.0.0.1:{prom_port}", procs)
     try:
+        procs.append(_start([alertmanager, f"--config.file={tmp / 'am.yml'}",
+                             f"--storage.path={tmp / 'am'}",
+                             f"--web.listen-address=127.0.0.1:{am_port}",
+                             "--cluster.listen-address="], tmp / "am.log"))
+        procs.append(_start([prometheus, f"--config.file={tmp / 'prom.yml'}",
+                             f"--storage.tsdb.path={tmp / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prom.log"))
         _wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[0], tmp / "am.log")
         _wait_ready(f"{s.prometheus_url}/-/ready", procs[1], tmp / "prom.log")
         sidecar.wait_ready()
@@ -162,9 +162,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
     finally:
         print("alert timings (s, event to receiver):", json.dumps(s.timings))
-        for proc in procs:
+        for proc in procs:  # only the processes this fixture started, by their pid
             proc.terminate()
-            proc.wait(30)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if sidecar.proc.poll() is None:
             sidecar.stop()
         reload.close()

@@ -221,6 +221,30 @@ def test_staging_on_another_filesystem_is_copied(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def test_stop_during_a_copy_across_filesystems_leaves_staging_whole(
+    harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A stop during the EXDEV copy of a claim abandons it; staging is as it was."""
+    import shutil
+
+    import pytest
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) on this machine")
+    staging = Path(os.path.realpath(shm)) / f"staging-stop-{os.getpid()}-{tmp_path.name}"
+    try:
+        h = harness(staging_dir=staging)
+        write_bundle(staging, FILES, version="v1")
+        staged = tree_digest(staging)
+        h.promoter.progress.stop()
+        assert h.promoter.run_pass().outcome == "cancelled"
+        assert tree_digest(staging) == staged
+        assert not h.layout.incoming.exists()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def test_pending_reload_survives_in_the_state_dir(
     harness: Callable[..., Harness], reload_server: object
 ) -> None:
@@ -266,3 +290,99 @@ def test_hard_linked_files_are_copied_so_versions_stay_immutable(
     outside.write_bytes(b"changed!")
     assert (h.layout.current / "model.bin").read_bytes() == b"original"
     assert (h.layout.current / "model.bin").stat().st_nlink == 1
+
+
+# -- damaged state and odd volumes ---------------------------------------------------------
+
+
+def damaged(h: Harness) -> float:
+    return h.value("model_sidecar_promotion_failures_total", reason="state_damaged")
+
+
+def test_damaged_journal_is_set_aside_and_the_bundle_still_promoted(
+    harness: Callable[..., Harness],
+) -> None:
+    """Garbage in intent.json is kept aside, counted once, and the staged bundle promoted."""
+    h = harness()
+    volume.ensure_dirs(h.layout)
+    h.layout.intent.write_bytes(b"\x00garbage{")
+    write_bundle(h.layout.staging, FILES, version="v1")
+    assert h.promoter.run_pass().outcome == "promoted"
+    assert damaged(h) == 1
+    kept = [p.name for p in h.layout.state.iterdir() if p.name.startswith("intent.json.damaged-")]
+    assert len(kept) == 1
+    assert h.promoter.run_pass().outcome == "idle" and damaged(h) == 1
+
+
+def test_damaged_pending_reload_is_set_aside_and_counted(
+    harness: Callable[..., Harness], reload_server: object,
+) -> None:
+    """A pending reload that is not one is kept aside and counted, not a crash per pass."""
+    h = harness(reload_url="http://127.0.0.1:9/reload")
+    volume.ensure_dirs(h.layout)
+    h.layout.pending_reload.write_text('{"version": "../../etc", "path": 3}')
+    assert h.promoter.run_pass().outcome == "idle"
+    assert damaged(h) == 1 and not h.layout.pending_reload.exists()
+
+
+def test_ready_directory_is_taken_and_removed(harness: Callable[..., Harness]) -> None:
+    """READY as a directory is treated like the file: promoted, switched, READY gone."""
+    h = harness()
+    write_bundle(h.layout.staging, FILES, version="v1", ready=False)
+    (h.layout.staging / "READY").mkdir()
+    (h.layout.staging / "READY" / "inside").write_text("x")
+    assert h.promoter.run_pass().outcome == "promoted"
+    assert os.readlink(h.layout.current) == "versions/v1"
+    assert list(h.layout.staging.iterdir()) == []
+
+
+def test_dangling_ready_symlink_is_taken(harness: Callable[..., Harness]) -> None:
+    """READY as a dangling symlink still marks the bundle ready."""
+    h = harness()
+    write_bundle(h.layout.staging, FILES, version="v1", ready=False)
+    (h.layout.staging / "READY").symlink_to("nowhere")
+    assert h.promoter.run_pass().outcome == "promoted"
+    assert not os.path.lexists(h.layout.staging / "READY")
+
+
+def test_stray_file_named_like_the_version_is_moved_aside(
+    harness: Callable[..., Harness],
+) -> None:
+    """A file at versions/v1 is moved to .sidecar/stray/, counted, and v1 is promoted."""
+    h = harness()
+    volume.ensure_dirs(h.layout)
+    (h.layout.versions / "v1").write_text("not a version")
+    (h.layout.versions / "v0").symlink_to("/etc")
+    write_bundle(h.layout.staging, FILES, version="v1")
+    assert h.promoter.run_pass().outcome == "promoted"
+    assert damaged(h) == 2
+    assert sorted(p.name.split("-")[1] for p in h.layout.stray.iterdir()) == ["v0", "v1"]
+    assert (h.layout.current / "model.bin").read_bytes() == FILES["model.bin"]
+
+
+def test_stop_during_validation_abandons_the_claim(harness: Callable[..., Harness]) -> None:
+    """A stop asked during hashing undoes the claim: the bundle stays staged with READY."""
+    h = harness()
+    write_bundle(h.layout.staging, FILES, version="v1")
+    before = tree_digest(h.layout.staging)
+    h.promoter.progress.stop()
+    assert h.promoter.run_pass().outcome == "cancelled"
+    assert tree_digest(h.layout.staging) == before
+    assert not h.layout.current.exists() and not h.layout.intent.exists()
+    assert h.value("model_sidecar_promotions_total", outcome="error") == 0
+
+
+def test_rollback_to_a_path_is_refused(harness: Callable[..., Harness]) -> None:
+    """rollback '../rejected/x' or '.' is a usage error; current and history unchanged."""
+    import pytest
+
+    from service.errors import ConfigError
+
+    h = harness()
+    write_bundle(h.layout.staging, FILES, version="v1")
+    h.promoter.run_pass()
+    before = tree_digest(h.layout.root)
+    for target in (".", "..", "../rejected/x", "../../outside", "v1/..", ""):
+        with pytest.raises(ConfigError):
+            h.promoter.rollback(target or "/", "manual")
+    assert tree_digest(h.layout.root) == before

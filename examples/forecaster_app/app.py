@@ -41,12 +41,15 @@ class Model:
         return self.intercept + self.slope * x
 
 
+UNREADABLE = "\0unreadable"  # a token file is configured but cannot be read: refuse all
+
+
 def expected_token() -> str | None:
     if os.environ.get("RELOAD_TOKEN_FILE"):
         try:
-            return Path(os.environ["RELOAD_TOKEN_FILE"]).read_text().strip() or None
+            return Path(os.environ["RELOAD_TOKEN_FILE"]).read_text().strip() or UNREADABLE
         except OSError:
-            return None
+            return UNREADABLE
     return os.environ.get("RELOAD_TOKEN") or None
 
 
@@ -86,7 +89,8 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 return self._reply(404, {"error": "not found"})
             token = expected_token()
             given = self.headers.get("Authorization", "")
-            if token and not hmac.compare_digest(given, f"Bearer {token}"):
+            if token == UNREADABLE or (token and not hmac.compare_digest(given,
+                                                                          f"Bearer {token}")):
                 return self._reply(401, {"error": "bad token"})
             return self._reply(*app.reload())
 

@@ -6,7 +6,8 @@ The order of the steps is the crash-safety argument (SPEC section 4):
    across filesystems); READY stays, so a crash here is undone by putting them back;
 2. the claimed bundle is validated and a name decided; a stop asked meanwhile abandons
    the claim (still before the journal, so undoing it is safe);
-3. the claim and every file are made durable; then the decision is journalled in
+3. the claim and every file are made durable (fsync of exactly the bundle's files and
+   the directories the claim changed); then the decision is journalled in
    ``.sidecar/intent.json`` (:mod:`service.journal`); from here on a crash is finished
    forward by the next pass, never undone;
 4. the bundle is renamed to ``versions/<name>`` (or ``rejected/<name>``), both
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service import fsops, history, journal, jsonfile, retention, volume
+from service import fsops, history, jsonfile, retention, volume
 from service.bundle import (
     Manifest,
     check_contents,
@@ -37,6 +38,7 @@ from service.bundle import (
     is_valid_version,
     manifest_poll_interval,
 )
+from service.changes import OUTCOME_LABELS, JournalledChanges
 from service.config import Config
 from service.delivery import ReloadDelivery
 from service.errors import (
@@ -47,22 +49,20 @@ from service.errors import (
     RollbackError,
     StateDamaged,
     TransientError,
+    doing,
     one_line,
 )
 from service.interval import check_manifest_interval, resolve_interval
-from service.journal import Adopt, Claim, Intent, Promote, Reject, Rollback, Trigger
+from service.journal import Claim, Intent, Promote, Reject, Rollback, Trigger
 from service.layout import Layout
 from service.metrics import Metrics
-from service.naming import generated_name, timestamp_name
+from service.naming import generated_name
 from service.progress import Progress
+from service.recovery import Recovery
 from service.reload import Reloader
 
 log = logging.getLogger(__name__)
 PassOutcome = Literal["idle", "promoted", "rejected", "io_error", "busy", "cancelled"]
-# The value of the ``outcome`` label of model_sidecar_promotions_total for an outcome.
-OUTCOME_LABELS: dict[PassOutcome, str] = {
-    "promoted": "success", "rejected": "rejected", "io_error": "error",
-}
 _UNKNOWN = "\x00unknown"
 
 
@@ -89,11 +89,13 @@ class Promoter:
         self.progress = progress or Progress()
         self.delivery = ReloadDelivery(self.layout, reloader, metrics, self._now,
                                        self._damaged, retried_later, record_pending)
+        self.changes = JournalledChanges(self.layout, metrics, self.delivery, self._now)
+        self.recovery = Recovery(self.layout, self.changes, self._now, self._damaged)
         self.pass_lock = threading.Lock()
+        self.changing = threading.Event()  # set while the pass holds the volume lock
         self._current: str | None = _UNKNOWN
         self._manifest_interval: float | None = None
         self._history_offset: int | None = None
-        self._retention_due = True
 
     def _now(self) -> float:
         return self.clock()
@@ -112,9 +114,14 @@ class Promoter:
 
     def _guarded_pass(self, wait: bool) -> PassResult:
         try:
-            volume.ensure_dirs(self.layout)
-            with fsops.volume_lock(self.layout.lock, wait):
-                return self._locked_pass()
+            with doing("creating the volume's directories"):
+                volume.ensure_dirs(self.layout)
+            with doing("the promotion pass"), fsops.volume_lock(self.layout.lock, wait):
+                self.changing.set()
+                try:
+                    return self._locked_pass()
+                finally:
+                    self.changing.clear()
         except LockBusy as exc:
             log.info("skipping this pass: %s", exc.detail)
             return PassResult("busy")
@@ -128,8 +135,8 @@ class Promoter:
         self._count_external_events()
         taken = volume.ready_present(self.layout)
         result = self._take_staged() if taken else PassResult("idle")
-        if self._retention_due:
-            self._retention_due = False
+        if self.changes.retention_due:
+            self.changes.retention_due = False
             self._retain()
         return result
 
@@ -143,74 +150,13 @@ class Promoter:
             log.error("cannot record the reload's outcome: %s", one_line(exc))
             return True
 
-    # -- recovery ----------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        for name in volume.remove_temp_links(self.layout):
-            log.warning("removed %s left by an interrupted switch", name)
-        intent = self._read_journal()
-        if intent is not None:
-            log.warning("finishing an interrupted %s of %s", intent.action, intent.name)
-            self._finish(intent)
-        if self.layout.incoming.exists():
-            log.warning("returning an interrupted claim to %s", self.layout.staging)
-            volume.unclaim(self.layout)
-        fsops.empty_dir(self.layout.trash)
-        volume.remove_stray_copies(self.layout)
-        self._set_aside_strays()
-        self._repair_history()
-        state = volume.link_state(self.layout)
-        if state.kind == "directory":
-            self._adopt()
-        elif state.kind == "broken":
-            self._repair_link()
-
-    def _read_journal(self) -> Intent | None:
-        try:
-            return journal.read(self.layout.intent)
-        except StateDamaged as exc:
-            aside = jsonfile.set_aside(self.layout.intent, self.clock())
-            self._damaged(StateDamaged(f"{exc.detail}; kept as {aside.name}"))
-            return None
-
     def _damaged(self, exc: StateDamaged) -> None:
         log.error("damaged state: %s; going on from what the volume shows", exc.detail)
         self.metrics.promotion_failures.labels("state_damaged").inc()
 
-    def _set_aside_strays(self) -> None:
-        """Entries of versions/ and rejected/ that are not directories would make every
-        name decision and publish fail: move them out of the way, kept."""
-        for parent in (self.layout.versions, self.layout.rejected):
-            for name in volume.stray_entries(parent):
-                kept = volume.move_stray(self.layout, parent, name, timestamp_name(self.clock()))
-                self._damaged(StateDamaged(f"{parent / name} is not a directory; moved to {kept}"))
-
-    def _repair_history(self) -> None:
-        if history.read_tail_events(self.layout.history).damaged:
-            aside = history.repair(self.layout.history, self.clock())
+    def _recover(self) -> None:
+        if self.recovery.run():
             self._history_offset = None
-            self._damaged(StateDamaged(f"{self.layout.history} had damaged lines; the "
-                                       f"original is kept as {aside.name}"))
-
-    def _adopt(self) -> None:
-        name = generated_name(self.clock(), set(volume.list_dirs(self.layout.versions)))
-        log.warning("adopting the directory %s as version %s", self.layout.current, name)
-        self._journal(Adopt(name, self.clock()))
-
-    def _repair_link(self) -> None:
-        link = self.layout.current
-        if not link.is_symlink():
-            raise TransientError(f"{link} is neither a symlink nor a directory; move it away")
-        existing = set(volume.list_dirs(self.layout.versions))
-        order = [v for v in history.promotion_order(history.read_tail(self.layout.history))
-                 if v in existing] or sorted(existing)
-        if not order:
-            log.error("%s is broken and no version exists: removing it", link)
-            link.unlink()
-            fsops.fsync_dir(link.parent)
-            return
-        log.error("%s is broken: pointing it back at %s", link, order[-1])
-        fsops.switch_link(link, self.layout.version_dir(order[-1]))
 
     def _count_external_events(self) -> None:
         """Count (and log) rollbacks that a command recorded in the shared history."""
@@ -224,7 +170,7 @@ class Promoter:
                 log.info("a rollback command switched current to %s (from %s)",
                          event.get("version"), event.get("previous") or "nothing")
                 self.metrics.rollbacks.labels("manual").inc()
-                self._retention_due = True
+                self.changes.retention_due = True
 
     # -- taking a staged bundle --------------------------------------------------------
 
@@ -233,11 +179,15 @@ class Promoter:
         entries = volume.staged_entries(self.layout)
         previous = volume.current_name(self.layout)
         try:
-            copied, skipped = volume.claim(self.layout, entries)
+            with doing(f"claiming the staged bundle in {self.layout.staging}"):
+                copied, skipped = volume.claim(self.layout, entries, self.progress)
             mark = (ready.inode, ready.mtime_ns) if ready else None
             claim = Claim(mark, tuple(entries), copied, self.clock())
             intent = self._decide(skipped, claim, previous)
-            fsops.sync_filesystem(self.layout.incoming)
+            # Durable before the journal says "roll forward": every file of the bundle and
+            # the directories the claim changed, and nothing of anyone else's.
+            with doing(f"making {self.layout.incoming} durable"):
+                fsops.sync_tree(self.layout.incoming, also=(self.layout.work, self.layout.staging))
         except Cancelled:
             self._abandon_claim()
             log.info("stopping: the validation in progress was abandoned, the bundle "
@@ -249,7 +199,7 @@ class Promoter:
             log.error("cannot take the staged bundle, the next poll retries: %s",
                       one_line(exc))
             return PassResult("io_error")
-        self._journal(intent)
+        self.changes.apply(intent)
         return PassResult("rejected" if isinstance(intent, Reject) else "promoted",
                           intent.name)
 
@@ -261,8 +211,7 @@ class Promoter:
             scan = check_tree(self.layout.incoming, self.config.manifest_name)
             if scan.hard_linked:
                 log.info("copying %d hard-linked files so that the version is private",
-                         len(scan.hard_linked))
-                volume.break_hard_links(self.layout, scan.hard_linked)
+                         volume.break_hard_links(self.layout))
             manifest = check_contents(self.layout.incoming, self.config.manifest_name,
                                       self.config.require_manifest, self.progress)
             return Promote(self._version_name(manifest), previous, claim, self.clock())
@@ -287,89 +236,6 @@ class Promoter:
 
     # -- journalled changes ------------------------------------------------------------
 
-    def _journal(self, intent: Intent) -> None:
-        journal.write(self.layout.intent, intent)
-        self._finish(intent)
-
-    def _finish(self, intent: Intent) -> None:
-        """Carry a journalled change through to its end; safe to repeat after a crash."""
-        if isinstance(intent, Promote):
-            self._finish_promote(intent)
-        elif isinstance(intent, Reject):
-            self._finish_reject(intent)
-        elif isinstance(intent, Adopt):
-            self._finish_adopt(intent)
-        else:
-            self._finish_rollback(intent)
-        self.layout.intent.unlink()
-        fsops.fsync_dir(self.layout.state)
-
-    def _release(self, claim: Claim) -> None:
-        mark = volume.ReadyMark(*claim.ready) if claim.ready else None
-        copied = list(claim.entries) if claim.copied else []
-        volume.release_staging(self.layout, copied, mark)
-
-    def _switch(self, name: str) -> None:
-        target = self.layout.version_dir(name)
-        if not target.is_dir() or target.is_symlink():
-            raise TransientError(f"refusing to point {self.layout.current} at missing {target}")
-        fsops.switch_link(self.layout.current, target)
-        self._retention_due = True
-
-    def _finish_promote(self, intent: Promote) -> None:
-        name = intent.name
-        if self.layout.incoming.exists():
-            volume.publish_dir(self.layout.incoming, self.layout.version_dir(name), False)
-        self._release(intent.claim)
-        self._switch(name)
-        self.delivery.set_pending(name, intent.previous, rollback_allowed=True)
-        duration = max(self.clock() - intent.claim.claimed, 0.0)
-        self._record_once(history.make_event("promoted", name, self.clock, duration_seconds=round(
-            duration, 6), previous=intent.previous))
-        self.metrics.promotions.labels(OUTCOME_LABELS["promoted"]).inc()
-        self.metrics.promotion_duration.observe(duration)
-        self.metrics.last_success.set(self.clock())
-        log.info("promoted %s in %.3f s (previous: %s)", name, duration,
-                 intent.previous or "nothing")
-
-    def _finish_reject(self, intent: Reject) -> None:
-        if self.layout.incoming.exists():
-            volume.write_rejection(self.layout.incoming, {
-                "reason": intent.reason, "detail": intent.detail,
-                "time": history.rfc3339(intent.time)})
-            volume.publish_dir(self.layout.incoming, self.layout.rejected / intent.name, False)
-        self._release(intent.claim)
-        self._record_once(history.make_event("rejected", intent.name, self.clock,
-                                             reason=intent.reason, detail=intent.detail))
-        self._count_failure("rejected", intent.reason)
-        self._retention_due = True
-        log.warning("rejected the staged bundle as rejected/%s: %s: %s", intent.name,
-                    intent.reason, intent.detail)
-
-    def _finish_adopt(self, intent: Adopt) -> None:
-        if volume.link_state(self.layout).kind == "directory":
-            volume.publish_dir(self.layout.current, self.layout.version_dir(intent.name), True)
-        self._switch(intent.name)
-        self._record_once(history.make_event("promoted", intent.name, self.clock,
-                                             reason="adopted"))
-        log.info("adopted the former directory %s as version %s", self.layout.current,
-                 intent.name)
-
-    def _finish_rollback(self, intent: Rollback) -> None:
-        self._switch(intent.name)
-        self.delivery.set_pending(intent.name, intent.previous, rollback_allowed=False)
-        self._record_once(history.make_event("rolled_back", intent.name, self.clock,
-                                             previous=intent.previous, trigger=intent.trigger))
-        log.warning("rolled back to %s (from %s, trigger %s)", intent.name,
-                    intent.previous or "nothing", intent.trigger)
-
-    def _record_once(self, record: history.Event) -> None:
-        """Append to history unless a crash-interrupted pass already did."""
-        events = history.read_tail(self.layout.history)
-        if events and _same_event(events[-1], record):
-            return
-        history.append(self.layout.history, record)
-
     # -- rollback ----------------------------------------------------------------------
 
     def rollback(self, target: str | None, trigger: Trigger,
@@ -392,7 +258,7 @@ class Promoter:
                 raise RollbackError(f"version {target} does not exist in {self.layout.versions}")
             if target == current:
                 return target
-            self._journal(Rollback(target, current, trigger, self.clock()))
+            self.changes.apply(Rollback(target, current, trigger, self.clock()))
             self._retain()
         self.metrics.rollbacks.labels(trigger).inc()
         return target
@@ -409,18 +275,24 @@ class Promoter:
                   retention.versions_to_delete(ordered, self.config.keep_versions, protected)]
         doomed += [self.layout.rejected / r for r in retention.rejected_to_delete(
             volume.list_dirs(self.layout.rejected), self.config.keep_rejected)]
-        for path in doomed:
-            log.info("retention: deleting %s", path)
-            volume.move_to_trash(self.layout, path)
-        fsops.empty_dir(self.layout.trash)
+        with doing("retention"):
+            for path in doomed:
+                log.info("retention: deleting %s", path)
+                volume.move_to_trash(self.layout, path)
+            fsops.empty_dir(self.layout.trash)
+
+    def current(self) -> str | None:
+        """The current version, its manifest's interval re-read when it changed."""
+        name = volume.current_name(self.layout)
+        if name != self._current:
+            self._current = name
+            self.metrics.set_current(name)
+            self._manifest_interval = self._read_manifest_interval(name)
+        return name
 
     def _observe(self) -> None:
         try:
-            name = volume.current_name(self.layout)
-            if name != self._current:
-                self._current = name
-                self.metrics.set_current(name)
-                self._manifest_interval = self._read_manifest_interval(name)
+            self.current()
             self.metrics.staged_pending.set(1 if volume.ready_present(self.layout) else 0)
         except OSError as exc:
             log.error("cannot read the volume: %s", one_line(exc))
@@ -444,11 +316,6 @@ class Promoter:
     def _count_failure(self, outcome: PassOutcome, reason: str) -> None:
         self.metrics.promotions.labels(OUTCOME_LABELS[outcome]).inc()
         self.metrics.promotion_failures.labels(reason).inc()
-
-
-def _same_event(a: history.Event, b: history.Event) -> bool:
-    keys = ("event", "version", "previous", "reason", "trigger")
-    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def _size(path: Path) -> int:

@@ -45,7 +45,8 @@ def test_enospc_keeps_the_bundle_staged_until_space_returns(
     staged = tree_digest(staging)
     daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
                        reason="io_error")
-    assert "No space left on device" in daemon.log()
+    line = next(ln for ln in daemon.log().splitlines() if "No space left on device" in ln)
+    assert "copy of" in line and str(models) in line  # the operation and the path
     assert tree_digest(staging) == staged
     assert not (models / ".sidecar" / "work" / "incoming").exists()
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
@@ -69,7 +70,8 @@ def test_permission_fault_is_counted_and_recovers_when_fixed(
         daemon = start_daemon(models, "--poll-interval", "1")
         daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
                            reason="io_error")
-        assert "Operation not permitted" in daemon.log()
+        line = next(ln for ln in daemon.log().splitlines() if "Operation not permitted" in ln)
+        assert "claiming the staged bundle" in line and str(models / "staging") in line
         assert tree_digest(models / "staging") == staged
         assert not (models / ".sidecar" / "work" / "incoming").exists()
     finally:

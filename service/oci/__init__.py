@@ -1,0 +1,1 @@
+"""Pulling and pushing model bundles as OCI artifacts (SPEC section 12)."""

@@ -1,0 +1,437 @@
+"""service.oci: references, the auth file, the artifact's shape and the registry client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import sha256
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from registry import Registry
+
+from service.errors import ConfigError
+from service.oci import artifact
+from service.oci.artifact import Layer, build_manifest, parse_manifest
+from service.oci.auth import AuthFileError, Credentials, credentials_for, parse_auth_file
+from service.oci.client import RegistryClient, RegistryError, sha256_digest
+from service.oci.push import PushRefused, push_bundle
+from service.oci.reference import Reference, parse_insecure, parse_reference, source_reference
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+# -- references ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("oci://127.0.0.1:5000/models/f:stable", Reference("127.0.0.1:5000", "models/f", "stable")),
+    ("oci://Registry.Example.com/a/b-c/d_e:v1.2-rc",
+     Reference("registry.example.com", "a/b-c/d_e", "v1.2-rc")),
+    (f"oci://localhost:5000/f@{DIGEST}", Reference("localhost:5000", "f", None, DIGEST)),
+    (f"oci://r.io/f:canary@{DIGEST}", Reference("r.io", "f", "canary", DIGEST)),
+    ("oci://[::1]:5000/f:t", Reference("[::1]:5000", "f", "t")),
+])
+def test_valid_references_parse(text: str, expected: Reference) -> None:
+    """Tags, digests, host:port and IPv6 literals parse into their parts."""
+    assert parse_reference(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "127.0.0.1:5000/models/f:stable",  # no scheme for SOURCE
+    "oci://127.0.0.1:5000/models/f",  # neither tag nor digest
+    "oci://r.io/Models/f:t",  # upper case repository
+    "oci://r.io/f@sha256:abc",  # short digest
+    f"oci://r.io/f@sha512:{'a' * 128}",
+    "oci://r.io/f:t g",
+    "oci:///f:t",
+    "oci://r.io/:t",
+    "oci://user:pw@r.io/f:t",  # credentials never in a reference
+    "http://r.io/f:t",
+    "oci://r.io/f:" + "t" * 129,
+])
+def test_invalid_references_are_refused(text: str) -> None:
+    """References without a target, with bad names or credentials: ValueError."""
+    with pytest.raises(ValueError):
+        parse_reference(text)
+
+
+def test_source_error_names_the_variable() -> None:
+    """An invalid SOURCE is a ConfigError whose one-line message names SOURCE."""
+    with pytest.raises(ConfigError, match=r"^SOURCE: "):
+        source_reference("oci://r.io/f")
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=80) | st.from_regex(
+    r"oci://[a-z0-9.:\[\]@-]{0,20}/[a-zA-Z0-9/._:@-]{0,40}", fullmatch=True))
+def test_any_text_is_a_reference_or_a_value_error(text: str) -> None:
+    """Arbitrary text: a Reference that prints back to an equal one, or ValueError."""
+    try:
+        ref = parse_reference(text)
+    except ValueError:
+        return
+    assert parse_reference(str(ref)) == Reference(ref.registry, ref.repository,
+                                                  None if ref.digest else ref.tag, ref.digest)
+
+
+def test_insecure_list_parses_and_names_the_variable() -> None:
+    """SOURCE_INSECURE: comma-separated host:port, spaces ignored; a URL is refused."""
+    assert parse_insecure(" 127.0.0.1:5000, reg.local:80 ,") == {"127.0.0.1:5000",
+                                                                 "reg.local:80"}
+    assert parse_insecure(None) == frozenset()
+    with pytest.raises(ConfigError, match=r"^SOURCE_INSECURE: "):
+        parse_insecure("http://reg.local:80")
+
+
+# -- the auth file -------------------------------------------------------------------------
+
+
+def auth_json(entries: dict[str, Any]) -> bytes:
+    return json.dumps({"auths": entries}).encode()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_auth_file_entries_by_host() -> None:
+    """auths keys as Docker writes them (scheme, path) map to host[:port]."""
+    found = parse_auth_file(Path("c.json"), auth_json({
+        "https://Reg.Example.com/v1/": {"auth": b64("u:p:with:colons")},
+        "127.0.0.1:5000": {"auth": b64("fleet:pw")},
+        "helper.io": {},  # a credential helper's entry: no auth, used anonymously
+    }))
+    assert found == {"reg.example.com": Credentials("u", "p:with:colons"),
+                     "127.0.0.1:5000": Credentials("fleet", "pw")}
+
+
+def test_bad_auth_entry_names_the_file_not_the_secret(tmp_path: Path) -> None:
+    """An auth value that is not base64 of user:password: one line naming the file, and the
+    value is not in the message."""
+    path = tmp_path / "config.json"
+    path.write_bytes(auth_json({"r.io": {"auth": b64("no-colon-secret")}}))
+    with pytest.raises(AuthFileError) as info:
+        credentials_for(path, "r.io")
+    assert str(path) in str(info.value)
+    assert "no-colon-secret" not in str(info.value) and b64("no-colon-secret") not in str(
+        info.value)
+
+
+def test_missing_auth_file_means_anonymous(tmp_path: Path) -> None:
+    """No auth file: no credentials (anonymous pulls work)."""
+    assert credentials_for(tmp_path / "none.json", "r.io") is None
+
+
+def test_password_is_not_in_the_repr() -> None:
+    """Credentials never show the password in a repr (logs of a dataclass)."""
+    assert "hunter2" not in repr(Credentials("u", "hunter2"))
+
+
+@settings(max_examples=300)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=12))
+def test_any_json_is_credentials_or_auth_file_error(value: Any) -> None:
+    """Arbitrary JSON in the auth file: a credentials map or AuthFileError, nothing else."""
+    for document in (value, {"auths": value}, {"auths": {"r.io": value}}):
+        try:
+            found = parse_auth_file(Path("c.json"), json.dumps(document).encode())
+        except AuthFileError as exc:
+            assert "c.json" in str(exc)
+        else:
+            assert all(isinstance(c, Credentials) for c in found.values())
+
+
+# -- the artifact's shape ------------------------------------------------------------------
+
+
+def layer_json(title: Any, digest: str = DIGEST, size: int = 1,
+               media: str = artifact.LAYER_MEDIA_TYPE) -> dict[str, Any]:
+    return {"mediaType": media, "digest": digest, "size": size,
+            "annotations": {artifact.TITLE: title}}
+
+
+def test_manifest_round_trip() -> None:
+    """build_manifest's layers parse back (sorted by path)."""
+    layers = [Layer("z/model.onnx", DIGEST, 10), Layer("manifest.json", sha256_digest(b"{}"), 2)]
+    assert parse_manifest(build_manifest(layers)) == sorted(layers, key=lambda la: la.path)
+
+
+@pytest.mark.parametrize("title", ["../x", "/etc/passwd", "a/../../x", "", ".", "READY", None,
+                                   "a\x00b", 7, "d/" + "n" * 256, "x" * 5000])
+def test_unsafe_titles_are_refused(title: Any) -> None:
+    """Titles that leave the bundle or are not paths: digest_mismatch (not a bundle)."""
+    data = json.dumps({"layers": [layer_json(title)]}).encode()
+    with pytest.raises(RegistryError) as info:
+        parse_manifest(data)
+    assert info.value.reason == "digest_mismatch"
+
+
+def test_duplicate_and_nested_titles_are_refused() -> None:
+    """Two layers with one path, or a file inside another file: refused."""
+    for titles in (["a", "./a"], ["a", "a/b"]):
+        data = json.dumps({"layers": [layer_json(t) for t in titles]}).encode()
+        with pytest.raises(RegistryError):
+            parse_manifest(data)
+
+
+def test_foreign_layer_media_type_is_refused() -> None:
+    """A container image (tar layers) is not a bundle: refused."""
+    data = json.dumps({"layers": [layer_json(
+        "x", media="application/vnd.oci.image.layer.v1.tar+gzip")]}).encode()
+    with pytest.raises(RegistryError, match="not a bundle artifact"):
+        parse_manifest(data)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.text(alphabet="ab./\\\x00 READY", max_size=12), min_size=1, max_size=6))
+def test_hostile_titles_parse_to_safe_paths_or_are_refused(titles: list[str]) -> None:
+    """Arbitrary titles: every accepted path is relative, inside the bundle, distinct."""
+    data = json.dumps({"layers": [layer_json(t) for t in titles]}).encode()
+    try:
+        layers = parse_manifest(data)
+    except RegistryError as exc:
+        assert exc.reason == "digest_mismatch"
+        return
+    paths = [layer.path for layer in layers]
+    assert len(set(paths)) == len(paths)
+    for path in paths:
+        assert not path.startswith("/") and ".." not in path.split("/")
+        resolved = os.path.normpath(os.path.join("/bundle", path))
+        assert resolved.startswith("/bundle/")
+
+
+# -- the client against the real registry --------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path / "registry").start()
+    yield reg
+    reg.stop()
+
+
+def client_for(reg: Registry, actions: str = "pull,push") -> RegistryClient:
+    return RegistryClient(reg.host, "m/f", insecure=frozenset({reg.host}), actions=actions)
+
+
+@pytest.mark.registry
+def test_pinned_digest_reference_heads_that_digest(tmp_path: Path, registry: Registry) -> None:
+    """HEAD by digest answers that digest; a tag answers the digest it names."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m").write_bytes(b"x")
+    pushed = push_bundle(client_for(registry), "t", tmp_path / "b")
+    client = client_for(registry, "pull")
+    assert client.head_manifest("t").digest == pushed.digest
+    assert client.head_manifest(pushed.digest).digest == pushed.digest
+
+
+@pytest.mark.registry
+def test_tampered_manifest_in_storage_is_digest_mismatch(tmp_path: Path,
+                                                         registry: Registry) -> None:
+    """The registry serves a manifest changed in its storage under the old digest: refused."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m").write_bytes(b"x")
+    pushed = push_bundle(client_for(registry), "t", tmp_path / "b")
+    stored = registry.blob_path(pushed.digest)
+    stored.write_bytes(stored.read_bytes().replace(b'"size":1', b'"size":2'))
+    with pytest.raises(RegistryError) as info:
+        client_for(registry, "pull").get_manifest(pushed.digest)
+    assert info.value.reason == "digest_mismatch"
+
+
+@pytest.mark.registry
+def test_push_skips_blobs_already_there(tmp_path: Path, registry: Registry) -> None:
+    """Pushing the same bundle twice uploads nothing the second time."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m").write_bytes(os.urandom(1000))
+    first = push_bundle(client_for(registry), "t", tmp_path / "b", {"manifest.json": b"{}"})
+    again = client_for(registry)
+    second = push_bundle(again, "t", tmp_path / "b", {"manifest.json": b"{}"})
+    assert (first.uploaded, second.uploaded, second.digest) == (2, 0, first.digest)
+    assert not [p for p in again.stats.paths if p.startswith(("POST", "PATCH"))]
+
+
+def test_push_refuses_a_symlink(tmp_path: Path) -> None:
+    """A symlink cannot be an OCI layer: PushRefused naming it, before any request."""
+    (tmp_path / "b").mkdir()
+    os.symlink("elsewhere", tmp_path / "b" / "link")
+    client = RegistryClient("127.0.0.1:9", "m/f", insecure=frozenset({"127.0.0.1:9"}))
+    with pytest.raises(PushRefused, match="link"):
+        push_bundle(client, "t", tmp_path / "b")
+    assert client.stats.requests == 0
+
+
+def test_in_memory_overrides_replace_files(tmp_path: Path) -> None:
+    """overrides (the settled manifest, the signature) replace the files of that name."""
+    from service.oci.push import bundle_files, plan_layers
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_bytes(b"old")
+    (tmp_path / "b" / "READY").write_bytes(b"")
+    layers, _ = plan_layers(bundle_files(tmp_path / "b"), {"manifest.json": b"new",
+                                                           "manifest.json.sig": b"sig"})
+    assert sorted((la.path, la.digest) for la in layers) == [
+        ("manifest.json", "sha256:" + sha256(b"new")),
+        ("manifest.json.sig", "sha256:" + sha256(b"sig"))]
+
+
+# -- what docker-registry cannot show: redirects and Bearer tokens --------------------------
+
+
+class Scripted:
+    """A tiny HTTP server on 127.0.0.1 answering from a function; records the requests.
+
+    Used only for what the Debian docker-registry cannot do here: redirect to another host
+    and the Bearer token flow (it needs a separate token server, not packaged).
+    """
+
+    def __init__(self, answer: Any) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                outer.requests.append((self.command, self.path, dict(self.headers.items())))
+                status, headers, body = answer(self.command, self.path, dict(self.headers))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = _handle  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.httpd.server_port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_redirect_to_another_host_is_refused() -> None:
+    """A redirect to any other host:port is not followed; that server gets no request."""
+    other = Scripted(lambda *_: (200, {}, b""))
+    registry = Scripted(lambda *_: (307, {"Location": f"http://{other.host}/x"}, b""))
+    try:
+        client = RegistryClient(registry.host, "m/f", insecure=frozenset({registry.host}))
+        with pytest.raises(RegistryError, match="refused"):
+            client.head_manifest("t")
+        assert other.requests == []
+    finally:
+        other.close()
+        registry.close()
+
+
+def test_bearer_challenge_gets_a_token_with_basic_credentials(tmp_path: Path) -> None:
+    """401 Bearer realm on the same registry: the token is fetched with the auth file's
+    credentials and the request repeated with it."""
+    token_auth = "Basic " + b64("fleet:pw")
+    holder: dict[str, str] = {}
+
+    def answer(method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str],
+                                                                          bytes]:
+        if path.startswith("/token"):
+            ok = headers.get("Authorization") == token_auth and "scope=repository" in path
+            return (200, {}, b'{"token": "tok-1"}') if ok else (401, {}, b"")
+        if headers.get("Authorization") == "Bearer tok-1":
+            return 200, {"Docker-Content-Digest": DIGEST}, b""
+        realm = f'Bearer realm="http://{holder["host"]}/token",service="reg"'
+        return 401, {"WWW-Authenticate": realm}, b""
+
+    server = Scripted(answer)
+    holder["host"] = server.host
+    try:
+        auth = tmp_path / "config.json"
+        auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
+        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}),
+                                auth_file=auth)
+        assert client.head_manifest("t").digest == DIGEST
+        assert client.head_manifest("t").digest == DIGEST  # the token is kept
+        assert [r[1].split("?")[0] for r in server.requests] == [
+            "/v2/m/f/manifests/t", "/token", "/v2/m/f/manifests/t", "/v2/m/f/manifests/t"]
+    finally:
+        server.close()
+
+
+def test_token_realm_on_another_host_is_refused(tmp_path: Path) -> None:
+    """A Bearer realm elsewhere: auth failure, the credentials go nowhere."""
+    server = Scripted(lambda *_: (401, {
+        "WWW-Authenticate": 'Bearer realm="https://auth.example.invalid/token"'}, b""))
+    try:
+        auth = tmp_path / "config.json"
+        auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
+        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}),
+                                auth_file=auth)
+        with pytest.raises(RegistryError) as info:
+            client.head_manifest("t")
+        assert info.value.reason == "auth"
+    finally:
+        server.close()
+
+
+def test_longer_blob_than_its_descriptor_is_refused(tmp_path: Path) -> None:
+    """A blob that streams more bytes than its descriptor's size: digest_mismatch, the
+    partial file removed."""
+    from service.oci.client import Descriptor
+
+    server = Scripted(lambda *_: (200, {}, b"x" * 5000))
+    try:
+        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}))
+        part = tmp_path / "blob.part"
+        with pytest.raises(RegistryError) as info:
+            client.download_blob(Descriptor("x", "sha256:" + sha256(b"x" * 10), 10), part)
+        assert info.value.reason == "digest_mismatch" and not part.exists()
+    finally:
+        server.close()
+
+
+def test_registry_ignoring_range_restarts_the_blob(tmp_path: Path) -> None:
+    """A registry that answers 200 to a Range request: the partial file is rewritten from
+    the start and the blob still verifies."""
+    data = os.urandom(3000)
+    server = Scripted(lambda *_: (200, {}, data))
+    try:
+        from service.oci.client import Descriptor
+
+        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}))
+        part = tmp_path / "blob.part"
+        part.write_bytes(b"garbage-prefix")
+        client.download_blob(Descriptor("x", "sha256:" + sha256(data), len(data)), part)
+        assert part.read_bytes() == data
+        assert "Range" in server.requests[0][2]
+    finally:
+        server.close()
+
+
+@pytest.mark.registry
+def test_retag_points_stable_at_the_canary_digest(tmp_path: Path, registry: Registry) -> None:
+    """retag canary -> stable: stable names the canary digest, no blob is uploaded."""
+    from service.oci.push import retag
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "m").write_bytes(b"x")
+    pushed = push_bundle(client_for(registry), "canary", tmp_path / "b")
+    mover = client_for(registry)
+    assert retag(mover, "canary", "stable") == pushed.digest
+    assert client_for(registry, "pull").head_manifest("stable").digest == pushed.digest
+    assert not [p for p in mover.stats.paths if "/blobs/" in p]
