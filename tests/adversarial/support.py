@@ -39,8 +39,13 @@ def hostile(scale: float = 1.0, shrink: bool = True) -> Any:
     a known bug marked xfail: its first failing case is enough."""
     shrink = shrink and os.environ.get("HOSTILE_SHRINK", "1") != "0"  # 0: a quick verdict
     phases = list(Phase) if shrink else [Phase.explicit, Phase.generate]
-    return settings(max_examples=max(3, int(EXAMPLES * scale)), deadline=None,
-                    database=None, suppress_health_check=list(HealthCheck), phases=phases)
+    return settings(
+        max_examples=max(3, int(EXAMPLES * scale)),
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=phases,
+    )
 
 
 def count_case(attacker: str) -> None:
@@ -101,36 +106,70 @@ class Volume:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RELOAD_", "POLL_", "MODELS_", "STAGING_", "CURRENT_"))}
-        env.update({"MODELS_ROOT": str(self.models), "STAGING_DIR": str(self.config.staging_dir),
-                    "RELOAD_URL": "", "LOG_FORMAT": "json", "METRICS_PORT": "0",
-                    "WATCH": "false"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RELOAD_", "POLL_", "MODELS_", "STAGING_", "CURRENT_"))
+        }
+        env.update(
+            {
+                "MODELS_ROOT": str(self.models),
+                "STAGING_DIR": str(self.config.staging_dir),
+                "RELOAD_URL": "",
+                "LOG_FORMAT": "json",
+                "METRICS_PORT": "0",
+                "WATCH": "false",
+            }
+        )
         env.update(extra)
         return env
 
-    def cli(self, *args: str, timeout: float = 60,
-            **extra: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
         return cli(*args, env=self.env(**extra), timeout=timeout)
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 60,
-        preexec_fn: Callable[[], Any] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, errors="surrogateescape",
-                          timeout=timeout, check=False, preexec_fn=preexec_fn)
+def cli(
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 60,
+    preexec_fn: Callable[[], Any] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=timeout,
+        check=False,
+        preexec_fn=preexec_fn,
+    )
 
 
-def make_volume(base: Path, staging: Path | None = None, clock: Callable[[], float] | None = None,
-                **overrides: Any) -> Volume:
+def make_volume(
+    base: Path,
+    staging: Path | None = None,
+    clock: Callable[[], float] | None = None,
+    **overrides: Any,
+) -> Volume:
     """A fresh volume under base (the models root is created by the first pass)."""
     models = base / "models"
     sentinel = base / "sentinel"
     sentinel.mkdir(parents=True, exist_ok=True)
     (sentinel / "secret.txt").write_bytes(b"never touch me\n")
-    config = Config(models_root=models, staging_dir=staging or models / "staging",
-                    current_link=models / "current", reload_url=None, watch=False,
-                    reload_retries=0, reload_timeout=2.0, **overrides)
+    config = Config(
+        models_root=models,
+        staging_dir=staging or models / "staging",
+        current_link=models / "current",
+        reload_url=None,
+        watch=False,
+        reload_retries=0,
+        reload_timeout=2.0,
+        **overrides,
+    )
     registry = CollectorRegistry()
     kwargs = {"clock": clock} if clock is not None else {}
     promoter = Promoter(config, Metrics(registry), Reloader(config), **kwargs)
@@ -152,8 +191,9 @@ def rejection(models: Path, name: str | None) -> dict[str, Any]:
     return record
 
 
-def write_files(staging: Path, files: dict[str, bytes], manifest: Any = "auto",
-                ready: bool = True) -> dict[str, Any]:
+def write_files(
+    staging: Path, files: dict[str, bytes], manifest: Any = "auto", ready: bool = True
+) -> dict[str, Any]:
     """A bundle as a careful producer writes it; the manifest written (or None)."""
     staging.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -28,8 +28,7 @@ def promoted_volume(base: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Vol
     """A volume where each version was promoted in turn, and one bundle was rejected."""
     volume = make_volume(base)
     for name in versions:
-        write_files(volume.config.staging_dir, {"m.bin": name.encode()},
-                    manifest={"version": name})
+        write_files(volume.config.staging_dir, {"m.bin": name.encode()}, manifest={"version": name})
         assert volume.promoter.run_pass(wait=True).outcome == "promoted"
     write_files(volume.config.staging_dir, {"m.bin": b"bad"}, manifest=b"{")
     assert volume.promoter.run_pass(wait=True).outcome == "rejected"
@@ -39,8 +38,26 @@ def promoted_volume(base: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Vol
 # -- rollback VERSION is a name, never a path ---------------------------------------------
 
 path_like = st.sampled_from(
-    [".", "..", "../rejected/x", "../../outside", "a/b", "/", "/etc", "", "x" * 200,
-     "v1/", "./v1", "v1/..", "../versions/v1", "v1/../v1", " v1", "v1\n", "..\\v1"])
+    [
+        ".",
+        "..",
+        "../rejected/x",
+        "../../outside",
+        "a/b",
+        "/",
+        "/etc",
+        "",
+        "x" * 200,
+        "v1/",
+        "./v1",
+        "v1/..",
+        "../versions/v1",
+        "v1/../v1",
+        " v1",
+        "v1\n",
+        "..\\v1",
+    ]
+)
 # SPEC 3's rule, written here independently of service/bundle.py.
 VERSION = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -50,8 +67,9 @@ def newline_bug(name: str) -> bool:
     return name.endswith("\n") and VERSION.match(name[:-1]) is not None
 
 
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                max_size=200).filter(lambda s: VERSION.match(s) is None)
+texts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=200
+).filter(lambda s: VERSION.match(s) is None)
 
 
 @hostile(0.4)
@@ -59,8 +77,7 @@ texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 @example(name="../rejected/{rejected}")
 @example(name="../../outside")
 def test_rollback_to_a_path_like_or_invalid_name_exits_2_and_changes_nothing(name: str) -> None:
-    """`rollback NAME` with `.`, `..`, `../rejected/x`, an absolute path, an empty or a
-    200-character name: exit 2, current and history unchanged."""
+    """`rollback NAME` with a path-like or invalid name: exit 2, nothing on disk changes."""
     count_case("operator")
     with scratch() as base:
         volume = promoted_volume(base)
@@ -75,9 +92,12 @@ def test_rollback_to_a_path_like_or_invalid_name_exits_2_and_changes_nothing(nam
         assert digest(base) == before
 
 
-@pytest.mark.xfail(strict=True, reason="bug in main: service/bundle.py VERSION_RE ends in $, "
-                   "which matches before a trailing newline, so is_valid_version('v1\\n') is "
-                   "True; Promoter.rollback lets 'v1\\n' through (exit 1: no such version)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in main: service/bundle.py VERSION_RE ends in $, "
+    "which matches before a trailing newline, so is_valid_version('v1\\n') is "
+    "True; Promoter.rollback lets 'v1\\n' through (exit 1: no such version)",
+)
 def test_rollback_to_a_name_with_a_trailing_newline_exits_2(tmp_path: Path) -> None:
     """`rollback $'v1\\n'` is not a version name: exit 2, current unchanged."""
     volume = promoted_volume(tmp_path)
@@ -90,16 +110,27 @@ def test_rollback_to_a_name_with_a_trailing_newline_exits_2(tmp_path: Path) -> N
 
 segment = st.sampled_from(["v1", "x", "new", "staging", "deep"])
 PLACEMENTS = [
-    "staging in versions", "staging in rejected", "staging in .sidecar", "staging is root",
-    "staging is current", "staging contains root", "staging is a link into versions",
-    "current outside root", "current nested in root", "current named staging",
-    "current named versions", "current named rejected", "current named .sidecar",
-    "versions is a symlink", "rejected is a symlink",
+    "staging in versions",
+    "staging in rejected",
+    "staging in .sidecar",
+    "staging is root",
+    "staging is current",
+    "staging contains root",
+    "staging is a link into versions",
+    "current outside root",
+    "current nested in root",
+    "current named staging",
+    "current named versions",
+    "current named rejected",
+    "current named .sidecar",
+    "versions is a symlink",
+    "rejected is a symlink",
 ]
 
 
-def placement(case: str, base: Path, models: Path, sub: list[str]) -> tuple[dict[str, str],
-                                                                            list[Path]]:
+def placement(
+    case: str, base: Path, models: Path, sub: list[str]
+) -> tuple[dict[str, str], list[Path]]:
     """The environment of a bad placement, and the paths its message must name."""
     tail = Path(*sub) if sub else Path()
     if case.startswith("staging in "):
@@ -118,8 +149,10 @@ def placement(case: str, base: Path, models: Path, sub: list[str]) -> tuple[dict
     if case == "current outside root":
         return {"CURRENT_LINK": str(base / "current")}, [base / "current", models]
     if case == "current nested in root":
-        return {"CURRENT_LINK": str(models / "sub" / "current")}, [models / "sub" / "current",
-                                                                  models]
+        return {"CURRENT_LINK": str(models / "sub" / "current")}, [
+            models / "sub" / "current",
+            models,
+        ]
     if case.startswith("current named "):
         link = models / case.split()[-1]
         return {"CURRENT_LINK": str(link)}, [link, models]
@@ -131,8 +164,11 @@ def placement(case: str, base: Path, models: Path, sub: list[str]) -> tuple[dict
 
 
 COMMANDS: dict[str, list[str]] = {
-    "once": ["--once"], "daemon": ["--metrics-port", "0"], "rollback": ["rollback", "v1"],
-    "status": ["status"], "stage": ["stage", "{bundle}"],
+    "once": ["--once"],
+    "daemon": ["--metrics-port", "0"],
+    "rollback": ["rollback", "v1"],
+    "status": ["status"],
+    "stage": ["stage", "{bundle}"],
 }
 
 
@@ -140,24 +176,28 @@ def named(text: str, path: Path) -> bool:
     return str(path) in text or os.path.realpath(path) in text
 
 
-STATUS_BUG = ("bug in main: service/cli.py _cmd_status checks only status.check_root (read "
-              "access), never placement.check_placement: STAGING_DIR=$MODELS_ROOT/versions/y, "
-              "CURRENT_LINK outside the root or a symlinked versions/ exit 0 and show the wrong "
-              "paths; SPEC 8 checks placement at start with exit 2")
+STATUS_BUG = (
+    "bug in main: service/cli.py _cmd_status checks only status.check_root (read "
+    "access), never placement.check_placement: STAGING_DIR=$MODELS_ROOT/versions/y, "
+    "CURRENT_LINK outside the root or a symlinked versions/ exit 0 and show the wrong "
+    "paths; SPEC 8 checks placement at start with exit 2"
+)
 KNOWN_BUGS = {"status": STATUS_BUG}
 
 
 def commands(names: list[str]) -> list[Any]:
     """Each command, marked xfail(strict) where main has a known bug."""
-    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
-            if c in KNOWN_BUGS else c for c in names]
+    return [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
+        if c in KNOWN_BUGS
+        else c
+        for c in names
+    ]
 
 
 @pytest.mark.parametrize("command", commands(sorted(COMMANDS)))
 def test_bad_placements_exit_2_naming_both_paths_and_touch_nothing(command: str) -> None:
-    """STAGING_DIR in versions/, rejected/, .sidecar/, equal to the root or current,
-    containing the root, a link into versions/; CURRENT_LINK outside the root or reserved;
-    symlinked versions/ or rejected/: exit 2 naming the paths, nothing on disk changes."""
+    """A bad placement (SPEC 8): exit 2 naming both paths, nothing on disk changes."""
 
     @hostile(0.3, shrink=command not in KNOWN_BUGS)
     @given(case=st.sampled_from(PLACEMENTS), sub=st.lists(segment, max_size=2))
@@ -184,8 +224,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted by the test: another filesystem for STAGING_DIR (root only)."""
     mnt = tmp_path / "other-fs"
     mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
     yield mnt
@@ -193,11 +237,13 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("where", ["outside the root", "another filesystem"])
-def test_valid_placements_still_promote(where: str, tmp_path: Path,
-                                        request: pytest.FixtureRequest) -> None:
+def test_valid_placements_still_promote(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """STAGING_DIR outside MODELS_ROOT, on the same or another filesystem: promoted."""
-    outside = (request.getfixturevalue("tmpfs") if where == "another filesystem"
-               else tmp_path / "producer")
+    outside = (
+        request.getfixturevalue("tmpfs") if where == "another filesystem" else tmp_path / "producer"
+    )
     volume = make_volume(tmp_path, staging=outside / "staging")
     write_files(volume.config.staging_dir, {"m.bin": b"model"}, manifest={"version": "v1"})
     out = volume.cli("--once")
@@ -208,8 +254,12 @@ def test_valid_placements_still_promote(where: str, tmp_path: Path,
 
 # -- the models root itself ---------------------------------------------------------------
 
-ROOT_COMMANDS = {"once": ["--once"], "status": ["status"], "rollback": ["rollback", "v1"],
-                 "stage": ["stage", "{bundle}"]}
+ROOT_COMMANDS = {
+    "once": ["--once"],
+    "status": ["status"],
+    "rollback": ["rollback", "v1"],
+    "stage": ["stage", "{bundle}"],
+}
 
 
 def command_args(command: str, bundle: Path) -> list[str]:
@@ -267,10 +317,15 @@ def test_a_models_root_the_process_cannot_write_exits_2_naming_uid_and_gid(
     # setpriv, not preexec_fn: this interpreter lives under a 0700 /root, and exec after
     # setuid in preexec_fn is refused here; setpriv drops every capability as well.
     nobody = [require_tool("setpriv"), "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-    out = subprocess.run([*nobody, sys.executable, "-m", "service",
-                          *command_args(command, bundle)], cwd=ROOT, capture_output=True,
-                         text=True, env=volume.env(PYTHONDONTWRITEBYTECODE="1"), timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [*nobody, sys.executable, "-m", "service", *command_args(command, bundle)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=volume.env(PYTHONDONTWRITEBYTECODE="1"),
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     assert str(volume.models) in out.stderr and "uid 65534" in out.stderr, out.stderr
     assert "gid 65534" in out.stderr, out.stderr
