@@ -99,9 +99,10 @@ def build_tree(
     contents = []
     for parts, kind, target, data in tree:
         path = staging.joinpath(*parts)
+        through_link = any(staging.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts)))
         try:
-            if os.path.lexists(path):
-                continue
+            if os.path.lexists(path) or through_link:
+                continue  # never write through a link of the tree: only the sidecar is tested
             path.parent.mkdir(parents=True, exist_ok=True)
             if kind == "dir":
                 path.mkdir()
