@@ -236,12 +236,20 @@ ATTACKERS = ("producer", "operator", "damaged_volume")
 
 
 def _junit_outcomes(path: Path) -> dict[str, list[str]]:
-    """Test ids by outcome (passed, failed, xfailed, skipped) from a JUnit report."""
-    out: dict[str, list[str]] = {"passed": [], "failed": [], "xfailed": [], "skipped": []}
+    """Test ids by outcome (passed, failed, xfailed, skipped) from a JUnit report, and the
+    start of each failure's message (``details``)."""
+    out: dict[str, list[str]] = {"passed": [], "failed": [], "xfailed": [], "skipped": [],
+                                 "details": []}
     for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314 - our own report
         name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
-        if case.find("failure") is not None or case.find("error") is not None:
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        if failure is not None:
             out["failed"].append(name)
+            text = failure.text or failure.get("message", "")
+            found = [line for line in text.splitlines() if line.startswith("E ")]
+            out["details"].append(f"{name}: " + " | ".join(found[:12])[:1500])
         elif (skipped := case.find("skipped")) is not None:
             out["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"].append(name)
         else:
@@ -270,6 +278,7 @@ def hostile_campaign(examples: int, tmp: Path) -> dict[str, Any]:
             "cases per attacker": {a: sum(c.values()) for a, c in cases.items()},
             "cases per property": {a: dict(c) for a, c in cases.items()},
             "failures": outcomes.get("failed", []),
+            "failure details": outcomes.get("details", []),
             "known bugs (xfail strict)": outcomes.get("xfailed", []),
             "passed": len(outcomes.get("passed", [])),
             "stop signal to exit (s)": {sig: float(t) for sig, t in stops},

@@ -233,6 +233,7 @@ named_files = st.lists(
 
 def build_named(staging: Path, files: list[Any]) -> tuple[dict[bytes, bytes], dict[str, Any]]:
     """Write files with byte names; the files written and the manifest's files map."""
+    staging.mkdir(parents=True, exist_ok=True)
     top = os.fsencode(staging)
     written: dict[bytes, bytes] = {}
     listed: dict[str, Any] = {}
