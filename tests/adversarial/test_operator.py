@@ -330,4 +330,9 @@ def test_a_second_daemon_warns_naming_the_first_ones_pid(
     second.wait_ready()
     wait_for(lambda: "another sidecar daemon" in second.log(), what="the warning")
     assert f"pid {first.proc.pid}" in second.log(), second.log()
-    assert second.stop() == 0 and first.stop() == 0
+    for daemon in (second, first):
+        try:
+            code = daemon.stop()
+        except subprocess.TimeoutExpired:  # seen once under load: keep what it logged
+            pytest.fail(f"pid {daemon.proc.pid} ignored SIGTERM for 30 s: {daemon.log()[-3000:]}")
+        assert code == 0, daemon.log()[-3000:]
