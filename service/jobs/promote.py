@@ -23,6 +23,8 @@ the pass then goes on from what the volume shows.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -32,11 +34,14 @@ from typing import Literal
 
 from service import fsops, history, jsonfile, retention, volume
 from service.bundle import (
+    MAX_MANIFEST_BYTES,
     Manifest,
     check_contents,
+    check_files,
     check_tree,
     is_valid_version,
     manifest_poll_interval,
+    parse_manifest,
 )
 from service.changes import OUTCOME_LABELS, JournalledChanges
 from service.config import Config
@@ -193,7 +198,7 @@ class Promoter:
             log.info("stopping: the validation in progress was abandoned, the bundle "
                      "stays staged")
             return PassResult("cancelled")
-        except OSError as exc:
+        except (OSError, TransientError) as exc:
             self._abandon_claim()
             self._count_failure("io_error", "io_error")
             log.error("cannot take the staged bundle, the next poll retries: %s",
@@ -204,20 +209,63 @@ class Promoter:
                           intent.name)
 
     def _decide(self, skipped: list[str], claim: Claim, previous: str | None) -> Intent:
-        """Validate the claimed bundle: the promote or reject intent."""
+        """Validate the claimed bundle: the promote or reject intent. With
+        TRUSTED_KEYS_FILE the signature is checked first (SPEC 12); an unreadable keys
+        file is a TransientError: the claim is returned and the bundle stays staged."""
+        root, name = self.layout.incoming, self.config.manifest_name
+        signed = self._verified_manifest(root, name)
+        digest = self._pulled_digest(signed)
         try:
+            if isinstance(signed, BundleRejected):
+                raise signed
             if skipped:
                 raise BundleRejected("unsafe_path", f"special file {skipped[0]} in the bundle")
-            scan = check_tree(self.layout.incoming, self.config.manifest_name)
+            scan = check_tree(root, name)
             if scan.hard_linked:
                 log.info("copying %d hard-linked files so that the version is private",
                          volume.break_hard_links(self.layout))
-            manifest = check_contents(self.layout.incoming, self.config.manifest_name,
-                                      self.config.require_manifest, self.progress)
-            return Promote(self._version_name(manifest), previous, claim, self.clock())
+            manifest = self._checked_manifest(root, name, signed)
+            return Promote(self._version_name(manifest), previous, claim, self.clock(), digest)
         except BundleRejected as exc:
-            name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
-            return Reject(name, exc.reason, exc.detail, claim, self.clock())
+            return self._reject(exc, claim, digest)
+
+    def _verified_manifest(self, root: Path, name: str) -> bytes | BundleRejected | None:
+        """The signed manifest's bytes, the rejection of its signature, or None when
+        signatures are not required."""
+        if self.config.trusted_keys_file is None:
+            return None
+        from service import signing  # PyNaCl only when signatures are configured
+
+        keys = signing.reload_trusted_keys(self.config.trusted_keys_file)
+        try:
+            return signing.verify_signature(root, name, keys)
+        except BundleRejected as exc:
+            return exc
+
+    def _checked_manifest(self, root: Path, name: str,
+                          signed: bytes | None) -> Manifest | None:
+        if signed is None:
+            return check_contents(root, name, self.config.require_manifest, self.progress)
+        from service import signing
+
+        manifest = parse_manifest(signed)  # the verified bytes: never read twice
+        signing.check_coverage(root, name, manifest.files)
+        check_files(root, manifest.files, self.progress)
+        return manifest
+
+    def _reject(self, exc: BundleRejected, claim: Claim, digest: str | None) -> Reject:
+        name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
+        return Reject(name, exc.reason, exc.detail, claim, self.clock(), digest)
+
+    def _pulled_digest(self, signed: bytes | BundleRejected | None) -> str | None:
+        """The registry digest of a bundle the pull job staged (None for any other)."""
+        if not (self.layout.state / "pull-staged.json").exists():
+            return None  # nothing was ever pulled: no import, no read
+        from service.jobs.pull import staged_digest
+
+        data = signed if isinstance(signed, bytes) else _manifest_bytes(
+            self.layout.incoming / self.config.manifest_name)
+        return staged_digest(self.layout.state, data)
 
     def _version_name(self, manifest: Manifest | None) -> str:
         existing = set(volume.list_dirs(self.layout.versions))
@@ -316,6 +364,22 @@ class Promoter:
     def _count_failure(self, outcome: PassOutcome, reason: str) -> None:
         self.metrics.promotions.labels(OUTCOME_LABELS[outcome]).inc()
         self.metrics.promotion_failures.labels(reason).inc()
+
+
+def _manifest_bytes(path: Path) -> bytes | None:
+    """The manifest's bytes when it is a regular file within the manifest limit."""
+    try:
+        with open(path, "rb", opener=_nofollow) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError:
+        return None
+    return data if len(data) <= MAX_MANIFEST_BYTES else None
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _size(path: Path) -> int:
