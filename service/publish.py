@@ -59,8 +59,9 @@ def settle(src: Path, manifest_name: str, sign: Path | None) -> dict[str, bytes]
         raise ConfigError(f"BUNDLE_DIR: {src} is not a directory")
     raw, manifest = read_source_manifest(src, manifest_name)
     if manifest is not None:
-        manifest = Manifest(manifest.version,
-                            {PurePosixPath(k).as_posix(): v for k, v in manifest.files.items()})
+        manifest = Manifest(
+            manifest.version, {PurePosixPath(k).as_posix(): v for k, v in manifest.files.items()}
+        )
     version = choose_version(manifest, None)
     tree = scan_source(src, skipped_names(manifest_name))
     check_source(tree, manifest, src)
@@ -79,8 +80,7 @@ def settle(src: Path, manifest_name: str, sign: Path | None) -> dict[str, bytes]
     return overrides
 
 
-def _hashed(src: Path, files: dict[str, int], listed: dict[str, FileSpec]
-            ) -> dict[str, FileSpec]:
+def _hashed(src: Path, files: dict[str, int], listed: dict[str, FileSpec]) -> dict[str, FileSpec]:
     specs = {}
     for rel, size in files.items():
         digest = sha256_of(src / rel)
@@ -90,12 +90,23 @@ def _hashed(src: Path, files: dict[str, int], listed: dict[str, FileSpec]
     return specs
 
 
-def push(src: Path, target: Target, overrides: dict[str, bytes], *,
-         insecure: frozenset[str], auth_file: Path) -> PushResult:
+def push(
+    src: Path,
+    target: Target,
+    overrides: dict[str, bytes],
+    *,
+    insecure: frozenset[str],
+    auth_file: Path,
+) -> PushResult:
     """Push the bundle with its settled manifest; RegistryError on a registry failure."""
     from service.oci.client import RegistryClient
     from service.oci.push import push_bundle
 
-    client = RegistryClient(target.registry, target.repository, insecure=insecure,
-                            auth_file=auth_file, actions="pull,push")
+    client = RegistryClient(
+        target.registry,
+        target.repository,
+        insecure=insecure,
+        auth_file=auth_file,
+        actions="pull,push",
+    )
     return push_bundle(client, target.tag, src, overrides)

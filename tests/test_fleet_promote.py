@@ -12,13 +12,26 @@ import pytest
 from conftest import Harness, base_env, run_cli, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_signing import Keygen, keydir, keygen  # noqa: F401  (fixtures)
+from test_signing import Keygen, make_keypair
 
 from service import history, journal
 from service.errors import StateDamaged
 from service.jobs.pull import remembered
 
 DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
+    """Ed25519 key pairs made by openssl, one per name, shared by the module's tests."""
+    directory, made = tmp_path_factory.mktemp("keys"), {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in made:
+            made[name] = make_keypair(directory, name)
+        return made[name]
+
+    return get
 
 
 def stage(models: Path, src: Path, *args: str) -> None:
@@ -33,7 +46,8 @@ def source(tmp_path: Path, files: dict[str, bytes], version: str = "v1") -> Path
 
 
 def test_signed_bundle_is_promoted_with_its_signature(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
     """stage --sign, TRUSTED_KEYS_FILE set: promoted, manifest.json.sig published with it."""
     private, public = keygen("publisher")
     stage(models, source(tmp_path, {"model.bin": b"m" * 100}), "--sign", str(private))
@@ -42,11 +56,17 @@ def test_signed_bundle_is_promoted_with_its_signature(
     assert (models / "current" / "manifest.json.sig").is_file()
 
 
-@pytest.mark.parametrize(("signer", "reason"), [(None, "signature_missing"),
-                                                ("stranger", "signature_invalid")])
+@pytest.mark.parametrize(
+    ("signer", "reason"), [(None, "signature_missing"), ("stranger", "signature_invalid")]
+)
 def test_unsigned_or_foreign_bundle_is_rejected(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness],
-        signer: str | None, reason: str) -> None:
+    tmp_path: Path,
+    models: Path,
+    keygen: Keygen,
+    harness: Callable[..., Harness],
+    signer: str | None,
+    reason: str,
+) -> None:
     """No signature: signature_missing; signed by an unknown key: signature_invalid."""
     _private, public = keygen("publisher")
     args = () if signer is None else ("--sign", str(keygen(signer)[0]))
@@ -58,7 +78,8 @@ def test_unsigned_or_foreign_bundle_is_rejected(
 
 
 def test_file_not_covered_is_signature_invalid(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
     """A file added to staging after signing (not in files) is signature_invalid."""
     private, public = keygen("publisher")
     stage(models, source(tmp_path, {"model.bin": b"x"}), "--sign", str(private))
@@ -70,7 +91,8 @@ def test_file_not_covered_is_signature_invalid(
 
 
 def test_tampered_manifest_is_signature_invalid(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
     """One byte of the signed manifest changed: signature_invalid, before any hash."""
     private, public = keygen("publisher")
     stage(models, source(tmp_path, {"model.bin": b"x"}), "--sign", str(private))
@@ -82,7 +104,8 @@ def test_tampered_manifest_is_signature_invalid(
 
 
 def test_unreadable_keys_file_leaves_the_bundle_staged(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
     """TRUSTED_KEYS_FILE gone at validation: io_error, READY and files stay, retried."""
     private, public = keygen("publisher")
     stage(models, source(tmp_path, {"model.bin": b"x"}), "--sign", str(private))
@@ -104,23 +127,30 @@ def test_invalid_keys_file_at_start_exits_2(tmp_path: Path, models: Path) -> Non
     assert out.returncode == 2 and str(bad) in out.stderr
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "-----BEGIN PUBLIC KEY-----\nAAAA\n"
-                                     "-----END PUBLIC KEY-----\n"])
+@pytest.mark.parametrize(
+    "content", ["", "garbage", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"]
+)
 def test_stage_refuses_a_bad_signing_key(tmp_path: Path, models: Path, content: str) -> None:
     """stage --sign with an invalid key: exit 2 naming it, nothing staged."""
     key = tmp_path / "key.pem"
     key.write_text(content)
     (models / "staging").mkdir()
-    out = run_cli("stage", str(source(tmp_path, {"m": b"1"})), "--sign", str(key),
-                  env=base_env(models))
+    out = run_cli(
+        "stage", str(source(tmp_path, {"m": b"1"})), "--sign", str(key), env=base_env(models)
+    )
     assert out.returncode == 2 and str(key) in out.stderr
     assert not os.listdir(models / "staging")
 
 
 def test_stage_refuses_a_missing_signing_key(tmp_path: Path, models: Path) -> None:
     """stage --sign with a key file that does not exist: exit 2 naming it."""
-    out = run_cli("stage", str(source(tmp_path, {"m": b"1"})), "--sign",
-                  str(tmp_path / "nope.pem"), env=base_env(models))
+    out = run_cli(
+        "stage",
+        str(source(tmp_path, {"m": b"1"})),
+        "--sign",
+        str(tmp_path / "nope.pem"),
+        env=base_env(models),
+    )
     assert out.returncode == 2 and "nope.pem" in out.stderr
 
 
@@ -130,13 +160,21 @@ def _pull_staged(models: Path, digest: str) -> None:
 
     data = (models / "staging" / "manifest.json").read_bytes()
     (models / ".sidecar").mkdir(exist_ok=True)
-    (models / ".sidecar" / "pull-staged.json").write_text(json.dumps({
-        "digest": digest, "manifest_sha256": hashlib.sha256(data).hexdigest(),
-        "state": "ready", "reference": "oci://r/x:t"}))
+    (models / ".sidecar" / "pull-staged.json").write_text(
+        json.dumps(
+            {
+                "digest": digest,
+                "manifest_sha256": hashlib.sha256(data).hexdigest(),
+                "state": "ready",
+                "reference": "oci://r/x:t",
+            }
+        )
+    )
 
 
 def test_pulled_bundle_records_its_digest(
-        tmp_path: Path, models: Path, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, harness: Callable[..., Harness]
+) -> None:
     """A bundle the pull job staged: digest in the promoted event and remembered promoted."""
     stage(models, source(tmp_path, {"model.bin": b"x"}))
     _pull_staged(models, DIGEST)
@@ -149,7 +187,8 @@ def test_pulled_bundle_records_its_digest(
 
 
 def test_rejected_pulled_bundle_is_remembered_rejected(
-        tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
     """A pulled bundle rejected (unsigned): its digest is remembered as rejected."""
     stage(models, source(tmp_path, {"model.bin": b"x"}))
     _pull_staged(models, DIGEST)
@@ -159,12 +198,14 @@ def test_rejected_pulled_bundle_is_remembered_rejected(
 
 
 def test_a_bundle_not_pulled_has_no_digest(
-        tmp_path: Path, models: Path, harness: Callable[..., Harness]) -> None:
+    tmp_path: Path, models: Path, harness: Callable[..., Harness]
+) -> None:
     """A staged bundle whose manifest is not the pulled one: no digest recorded."""
     stage(models, source(tmp_path, {"model.bin": b"x"}))
     _pull_staged(models, DIGEST)
-    (models / ".sidecar" / "pull-staged.json").write_text(json.dumps({
-        "digest": DIGEST, "manifest_sha256": "0" * 64, "state": "ready"}))
+    (models / ".sidecar" / "pull-staged.json").write_text(
+        json.dumps({"digest": DIGEST, "manifest_sha256": "0" * 64, "state": "ready"})
+    )
     harness().promoter.run_pass()
     assert "digest" not in history.read_tail(models / ".sidecar" / "history.jsonl")[-1]
     assert DIGEST not in remembered(models / ".sidecar")

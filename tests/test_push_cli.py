@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import base_env, run_cli, sha256
 from registry import Registry
-from test_signing import Keygen, keydir, keygen  # noqa: F401  (fixtures)
+from test_signing import Keygen, make_keypair
 
 from service import signing
 from service.oci.artifact import parse_manifest as parse_oci
@@ -21,6 +21,19 @@ pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
 
 
+@pytest.fixture(scope="module")
+def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
+    """Ed25519 key pairs made by openssl, one per name, shared by the module's tests."""
+    directory, made = tmp_path_factory.mktemp("keys"), {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in made:
+            made[name] = make_keypair(directory, name)
+        return made[name]
+
+    return get
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     reg = Registry(tmp_path / "registry").start()
@@ -28,8 +41,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     reg.stop()
 
 
-def bundle(path: Path, files: dict[str, bytes], version: str = "v1",
-           manifest: bool = True) -> Path:
+def bundle(path: Path, files: dict[str, bytes], version: str = "v1", manifest: bool = True) -> Path:
     for name, data in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_bytes(data)
@@ -39,8 +51,9 @@ def bundle(path: Path, files: dict[str, bytes], version: str = "v1",
     return path
 
 
-def push(reg: Registry, src: Path, *args: str, tag: str = "stable",
-         **env: str) -> tuple[int, str, str]:
+def push(
+    reg: Registry, src: Path, *args: str, tag: str = "stable", **env: str
+) -> tuple[int, str, str]:
     env = {"REGISTRY_AUTH_FILE": str(src.parent / "no-auth.json"), **env}
     environment = base_env(Path("/nonexistent"), SOURCE_INSECURE=reg.host, **env)
     out = run_cli("push", str(src), f"{reg.host}/{REPO}:{tag}", *args, env=environment)
@@ -77,12 +90,13 @@ def test_push_without_manifest_generates_one(tmp_path: Path, registry: Registry)
     assert not (src / "manifest.json").exists()  # nothing written into the bundle
 
 
-def test_push_sign_adds_a_verifying_signature(tmp_path: Path, registry: Registry,
-                                              keygen: Keygen) -> None:
+def test_push_sign_adds_a_verifying_signature(
+    tmp_path: Path, registry: Registry, keygen: Keygen
+) -> None:
     """push --sign: manifest.json.sig is a layer and verifies over the pushed manifest."""
     private, public = keygen("publisher")
     src = bundle(tmp_path / "b", {"m.bin": b"abc"})
-    code, out, err = push(registry, src, "--sign", str(private))
+    code, _out, err = push(registry, src, "--sign", str(private))
     assert code == 0, err
     pushed = layers(registry)
     keys = signing.load_trusted_keys(public)
@@ -90,8 +104,9 @@ def test_push_sign_adds_a_verifying_signature(tmp_path: Path, registry: Registry
     assert signing.verifies(pushed["manifest.json"], signature, keys.keys)
 
 
-def test_push_refuses_a_checksum_the_manifest_contradicts(tmp_path: Path,
-                                                         registry: Registry) -> None:
+def test_push_refuses_a_checksum_the_manifest_contradicts(
+    tmp_path: Path, registry: Registry
+) -> None:
     """A file that does not match its listed sha256: exit 1 naming it, nothing pushed."""
     src = bundle(tmp_path / "b", {"m.bin": b"abc"})
     (src / "m.bin").write_bytes(b"abd")
@@ -108,8 +123,9 @@ def test_push_refuses_a_symlink(tmp_path: Path, registry: Registry) -> None:
     assert code == 1 and "alias" in err
 
 
-@pytest.mark.parametrize("target", ["nohost", "127.0.0.1:5000/repo", "h:1/r@sha256:" + "a" * 64,
-                                    "h:1/Bad Repo:t"])
+@pytest.mark.parametrize(
+    "target", ["nohost", "127.0.0.1:5000/repo", "h:1/r@sha256:" + "a" * 64, "h:1/Bad Repo:t"]
+)
 def test_push_bad_target_is_a_usage_error(tmp_path: Path, target: str) -> None:
     """A target that is not REGISTRY/REPO:TAG: exit 2 naming it."""
     src = bundle(tmp_path / "b", {"m.bin": b"abc"})
