@@ -7,7 +7,7 @@ the bundle. Every problem is a :class:`BundleRejected` with a fixed reason.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
 import re
 import stat
@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from service.errors import BundleRejected
+from service.manifest_reader import ABSENT, FileEntry, ManifestDoc, read_manifest_file
+from service.manifest_reader import read_manifest as read_manifest_stream
 from service.progress import Progress
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 HASH_WORKERS = min(4, os.cpu_count() or 1)
 
 
@@ -49,49 +50,43 @@ def safe_relative_path(raw: str) -> PurePosixPath:
 
 
 def _parse_file_spec(name: str, spec: object) -> FileSpec:
-    if not isinstance(spec, dict):
-        raise BundleRejected("manifest_invalid", f"files[{name!r}] is not an object")
-    sha = spec.get("sha256")
+    if not isinstance(spec, FileEntry):
+        raise BundleRejected("manifest_invalid", f"files[{name[:80]!r}] is not an object")
+    sha = spec.sha256
     if not isinstance(sha, str) or not SHA256_RE.match(sha):
-        raise BundleRejected("manifest_invalid", f"files[{name!r}].sha256 is not 64 lowercase hex")
-    size = spec.get("size")
+        raise BundleRejected("manifest_invalid",
+                             f"files[{name[:80]!r}].sha256 is not 64 lowercase hex")
+    size = None if spec.size is ABSENT else spec.size
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise BundleRejected("manifest_invalid", f"files[{name!r}].size is not a byte count")
+        raise BundleRejected("manifest_invalid", f"files[{name[:80]!r}].size is not a byte count")
     return FileSpec(sha, size)
 
 
-def _load_json(data: bytes) -> object:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleRejected("manifest_invalid", f"manifest is larger than {MAX_MANIFEST_BYTES} B")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise BundleRejected("manifest_invalid", f"manifest is not valid JSON: {exc}") from None
-
-
-def parse_manifest(data: bytes) -> Manifest:
-    """Decide whether manifest bytes are acceptable (SPEC section 3)."""
-    raw = _load_json(data)
-    if not isinstance(raw, dict):
-        raise BundleRejected("manifest_invalid", "manifest is not a JSON object")
-    version = raw.get("version")
+def manifest_from_doc(doc: ManifestDoc) -> Manifest:
+    """Decide whether what a manifest says is acceptable (SPEC section 3)."""
+    version = None if doc.version is ABSENT else doc.version
     if version is not None and not is_valid_version(version):
-        raise BundleRejected("manifest_invalid", f"version {version!r} is not a valid name")
-    files = raw.get("files", {})
+        raise BundleRejected("manifest_invalid", f"version {str(version)[:80]!r} is not a "
+                                                 f"valid name")
+    files = {} if doc.files is ABSENT else doc.files
     if not isinstance(files, dict):
         raise BundleRejected("manifest_invalid", "files is not an object")
     specs = {}
     for name, spec in files.items():
         safe_relative_path(name)
         specs[name] = _parse_file_spec(name, spec)
+    assert version is None or isinstance(version, str)
     return Manifest(version, specs)
 
 
-def manifest_poll_interval(raw: object) -> object:
-    """The raw ``sidecar.poll_interval_seconds`` of a parsed manifest, or None."""
-    if isinstance(raw, dict) and isinstance(raw.get("sidecar"), dict):
-        return raw["sidecar"].get("poll_interval_seconds")
-    return None
+def parse_manifest(data: bytes) -> Manifest:
+    """Decide whether manifest bytes are acceptable; bounded like a manifest file."""
+    return manifest_from_doc(read_manifest_stream(io.BytesIO(data)))
+
+
+def manifest_poll_interval(doc: ManifestDoc) -> object:
+    """The raw ``sidecar.poll_interval_seconds`` of a manifest, or None."""
+    return None if doc.poll_interval_seconds is ABSENT else doc.poll_interval_seconds
 
 
 MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
@@ -217,7 +212,8 @@ def _check_limits(entries: int, links: int, depth: int, rel: str) -> None:
                                             f"{MAX_TREE_DEPTH} directories")
 
 
-def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:
+def read_manifest(root: Path, name: str, required: bool,
+                  progress: Progress | None = None) -> Manifest | None:
     path = root / name
     try:
         mode = path.lstat().st_mode
@@ -227,7 +223,8 @@ def read_manifest(root: Path, name: str, required: bool) -> Manifest | None:
         return None
     if not stat.S_ISREG(mode):
         raise BundleRejected("manifest_invalid", f"{name} is not a regular file")
-    return parse_manifest(path.read_bytes())
+    step = progress.step if progress is not None else _nothing
+    return manifest_from_doc(read_manifest_file(path, step=step))
 
 
 CHUNK = 1024 * 1024
@@ -260,28 +257,50 @@ def check_present(root: Path, name: str, spec: FileSpec) -> Path:
     return path
 
 
+HASH_BATCH = 64  # files hashed per round: bounds the futures and paths held at once
+
+
+def _hash_matches(root: Path, name: str, spec: FileSpec, progress: Progress | None) -> bool:
+    return sha256_of(root / safe_relative_path(name), progress) == spec.sha256
+
+
 def check_files(root: Path, files: dict[str, FileSpec], progress: Progress | None = None) -> None:
     """Presence and sizes first (cheap), then the checksums, hashed on every core.
 
     hashlib releases the GIL while it hashes, so threads use both cores of a small
-    machine when a bundle has several files.
+    machine when a bundle has several files. Files go to the threads in small batches,
+    so that the memory held does not grow with the number of files.
     """
-    paths = [check_present(root, name, spec) for name, spec in files.items()]
-    workers = min(HASH_WORKERS, len(paths))
+    for name, spec in files.items():
+        check_present(root, name, spec)
+    items = list(files.items()) if len(files) > 1 else []
+    workers = min(HASH_WORKERS, len(files))
     if workers <= 1:
-        digests = [sha256_of(p, progress) for p in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
-            digests = list(pool.map(lambda p: sha256_of(p, progress), paths))
-    for (name, spec), digest in zip(files.items(), digests, strict=True):
-        if digest != spec.sha256:
-            raise BundleRejected("checksum_mismatch", f"{name!r} does not match its sha256")
+        for name, spec in files.items():
+            _raise_unless(_hash_matches(root, name, spec, progress), name)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
+        for start in range(0, len(items), HASH_BATCH):
+            batch = items[start:start + HASH_BATCH]
+            results = pool.map(lambda item: _hash_matches(root, item[0], item[1], progress),
+                               batch)
+            for (name, _spec), ok in zip(batch, results, strict=True):
+                _raise_unless(ok, name)
+
+
+def _raise_unless(ok: bool, name: str) -> None:
+    if not ok:
+        raise BundleRejected("checksum_mismatch", f"{name[:200]!r} does not match its sha256")
 
 
 def check_contents(root: Path, manifest_name: str, require_manifest: bool,
                    progress: Progress | None = None) -> Manifest | None:
     """The manifest (None when there is none) after every listed file checked out."""
-    manifest = read_manifest(root, manifest_name, require_manifest)
+    manifest = read_manifest(root, manifest_name, require_manifest, progress)
     if manifest is not None:
         check_files(root, manifest.files, progress)
     return manifest
+
+
+def _nothing() -> None:
+    """No progress to report (a manifest read outside a pass)."""

@@ -255,15 +255,6 @@ def atomic_write_json(path: Path, value: object) -> None:
     atomic_write_bytes(path, (json.dumps(value, sort_keys=True) + "\n").encode())
 
 
-def read_json(path: Path) -> object | None:
-    """The JSON value in path, or None when the file does not exist."""
-    try:
-        value: object = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    return value
-
-
 def temp_link_prefix(link: Path) -> str:
     return f".{link.name}.tmp-"
 

@@ -109,8 +109,10 @@ def parse_lines(data: bytes) -> Events:
 
 
 def read(path: Path) -> list[Event]:
+    """Every well-formed event, read line by line (a long history is never one buffer)."""
     try:
-        return parse_lines(path.read_bytes()).events
+        return [e for line in _lines(path) if line.endswith(b"\n")
+                and (e := parse_event(line.rstrip(b"\n"))) is not None]
     except FileNotFoundError:
         return []
 
@@ -135,8 +137,15 @@ def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[Event]:
 
 
 def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of path, each with its newline; a line longer than MAX_LINE_BYTES is
+    skipped whole, read in pieces, so it never costs more memory than that."""
     with path.open("rb") as fh:
-        yield from fh
+        oversized = False
+        while piece := fh.readline(MAX_LINE_BYTES + 1):
+            complete = piece.endswith(b"\n")
+            if not oversized and (complete or len(piece) <= MAX_LINE_BYTES):
+                yield piece
+            oversized = not complete
 
 
 def repair(path: Path, now: float) -> Path:

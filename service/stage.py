@@ -29,6 +29,7 @@ from service.bundle import (
 )
 from service.errors import BundleRejected, ConfigError, SidecarError
 from service.layout import Layout
+from service.manifest_reader import DEFAULT_LIMITS
 
 ProgressFn = Callable[[int, int], None]
 
@@ -87,7 +88,10 @@ def read_source_manifest(src: Path, name: str) -> tuple[bytes | None, Manifest |
         return None, None
     if not path.is_file() or path.is_symlink():
         raise StageRefused(f"{path} is not a regular file")
-    data = path.read_bytes()
+    with path.open("rb") as fh:
+        data = fh.read(DEFAULT_LIMITS.max_bytes + 1)  # more is refused by the parse
+    if len(data) > DEFAULT_LIMITS.max_bytes:
+        raise StageRefused(f"{path} is larger than {DEFAULT_LIMITS.max_bytes} bytes")
     try:
         return data, parse_manifest(data)
     except BundleRejected as exc:

@@ -76,3 +76,13 @@ def test_repair_keeps_the_original_and_the_good_lines(tmp_path: Path) -> None:
     assert aside.read_text() == original
     assert [e["event"] for e in history.read(path)] == ["promoted", "rolled_back"]
     assert history.read_tail_events(path).damaged == 0
+
+
+def test_oversized_line_is_skipped_whole(tmp_path: Path) -> None:
+    """A line longer than the line cap is skipped, even when it ends like an event."""
+    path = tmp_path / "h.jsonl"
+    tail = b'{"event": "promoted", "version": "fake"}\n'
+    path.write_bytes(b'{"event": "promoted", "version": "v1"}\n'
+                     + b"x" * (history.MAX_LINE_BYTES * 2 + 7) + tail
+                     + b'{"event": "promoted", "version": "v2"}\n')
+    assert [e["version"] for e in history.read(path)] == ["v1", "v2"]

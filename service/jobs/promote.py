@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service import fsops, history, jsonfile, retention, volume
+from service import fsops, history, retention, volume
 from service.bundle import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -60,6 +60,7 @@ from service.errors import (
 from service.interval import check_manifest_interval, resolve_interval
 from service.journal import Claim, Intent, Promote, Reject, Rollback, Trigger
 from service.layout import Layout
+from service.manifest_reader import read_manifest_file
 from service.metrics import Metrics
 from service.naming import generated_name
 from service.progress import Progress
@@ -351,9 +352,9 @@ class Promoter:
             return None
         path = self.layout.version_dir(name) / self.config.manifest_name
         try:
-            raw = jsonfile.load_json(path, max_bytes=32 * 1024 * 1024)
-            return check_manifest_interval(manifest_poll_interval(raw))
-        except (ValueError, OSError, StateDamaged) as exc:
+            doc = read_manifest_file(path)  # bounded memory, whatever the manifest holds
+            return check_manifest_interval(manifest_poll_interval(doc))
+        except (ValueError, OSError, BundleRejected) as exc:
             log.warning("ignoring the poll interval in %s: %s", path, one_line(exc))
             return None
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from service import fsops, history, jsonfile
+from service.bundle import sha256_of
 from service.errors import LockBusy, SidecarError, StateDamaged
 from service.oci.artifact import Layer
 from service.oci.client import RegistryClient, RegistryError
@@ -380,8 +381,7 @@ class PullJob:
             log.info("pulled %s waits: %s is not free", digest, self.paths.staging)
             return PullResult("waiting", digest)
         manifest = pull.bundle / self.paths.manifest_name
-        manifest_sha = (hashlib.sha256(manifest.read_bytes()).hexdigest()
-                        if manifest.is_file() else None)
+        manifest_sha = sha256_of(manifest) if manifest.is_file() else None
         self._write_record(digest, manifest_sha, "moving")
         move_into_staging(pull.bundle, self.paths.staging)
         remember(self.paths.state, digest, STAGED, None, self.clock)

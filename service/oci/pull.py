@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from service import fsops
+from service.errors import BundleRejected
+from service.manifest_reader import FileEntry, read_manifest_file
 from service.oci.artifact import Layer, parse_manifest
 from service.oci.client import RegistryClient, RegistryError, sha256_digest
 
@@ -95,14 +96,13 @@ def reusable_files(version_dir: Path | None, manifest_name: str) -> dict[str, Pa
     """``sha256:<hex>`` -> a regular file of the current version, from its manifest."""
     if version_dir is None:
         return {}
-    try:
-        value = json.loads((version_dir / manifest_name).read_bytes())
-    except (OSError, ValueError, RecursionError):
+    try:  # the streaming reader: bounded memory whatever the manifest holds
+        files = read_manifest_file(version_dir / manifest_name).files
+    except (OSError, BundleRejected):
         return {}
-    files = value.get("files") if isinstance(value, dict) else None
     found: dict[str, Path] = {}
     for name, spec in (files if isinstance(files, dict) else {}).items():
-        sha = spec.get("sha256") if isinstance(spec, dict) else None
+        sha = spec.sha256 if isinstance(spec, FileEntry) else None
         path = version_dir / name
         safe = not PurePosixPath(name).is_absolute() and ".." not in PurePosixPath(name).parts
         if isinstance(sha, str) and safe and _is_regular(path):
