@@ -34,7 +34,6 @@ from typing import Literal
 
 from service import fsops, history, retention, volume
 from service.bundle import (
-    MAX_MANIFEST_BYTES,
     Manifest,
     check_contents,
     check_files,
@@ -60,7 +59,7 @@ from service.errors import (
 from service.interval import check_manifest_interval, resolve_interval
 from service.journal import Claim, Intent, Promote, Reject, Rollback, Trigger
 from service.layout import Layout
-from service.manifest_reader import read_manifest_file
+from service.manifest_reader import DEFAULT_LIMITS, read_manifest_file
 from service.metrics import Metrics
 from service.naming import generated_name
 from service.progress import Progress
@@ -373,10 +372,10 @@ def _manifest_bytes(path: Path) -> bytes | None:
         with open(path, "rb", opener=_nofollow) as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return None
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
+            data = fh.read(DEFAULT_LIMITS.max_bytes + 1)
     except OSError:
         return None
-    return data if len(data) <= MAX_MANIFEST_BYTES else None
+    return data if len(data) <= DEFAULT_LIMITS.max_bytes else None
 
 
 def _nofollow(path: str, flags: int) -> int:
