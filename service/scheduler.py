@@ -126,6 +126,10 @@ class Daemon:
         self.pull.metrics.source_up_to_date.set(1 if came_from == self._source_digest else 0)
 
     def _after_poll(self, event: JobExecutionEvent) -> None:
+        if event.job_id != JOB_ID:
+            if event.exception is not None:  # PullJob.run never raises; this is a bug
+                log.error("pull job crashed: %s", one_line(event.exception))
+            return
         if event.exception is not None:
             log.error("promotion pass crashed: %s", one_line(event.exception))
             return

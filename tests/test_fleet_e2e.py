@@ -119,6 +119,7 @@ def test_sidecar_follows_a_signed_tag(
     assert current(models) == "v2"
     daemon.wait_metric("model_sidecar_source_up_to_date", lambda v: v == 0, DEADLINE)
     assert daemon.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in daemon.log()
 
     daemon = follow(start_daemon, models, registry, public)
     daemon.wait_metric("model_sidecar_source_checks_total", lambda v: (v or 0) >= 2, DEADLINE)
@@ -149,6 +150,7 @@ def test_sidecar_follows_a_signed_tag(
     assert os.listdir(models / "staging") == []
     assert current(models) == "v2"
     assert daemon.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in daemon.log()
 
     events = history.read(models / ".sidecar" / "history.jsonl")
     promoted = {e["version"]: e.get("digest") for e in events if e["event"] == "promoted"}

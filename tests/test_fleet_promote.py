@@ -232,3 +232,41 @@ def test_journal_refuses_a_bad_digest(tmp_path: Path, value: object) -> None:
     else:
         with pytest.raises(StateDamaged):
             journal.read(tmp_path / "intent.json")
+
+
+IMPORTS = """
+import sys
+from service.cli import main
+code = main(["--once", "--no-reload"])
+print(code, "nacl" in sys.modules, "service.oci.client" in sys.modules,
+      "service.jobs.pull" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [({}, "0 False False False"), ({"TRUSTED_KEYS_FILE": "KEYS"}, "0 True False False")],
+    ids=["plain", "signatures"],
+)
+def test_fleet_libraries_are_imported_only_when_configured(
+    tmp_path: Path, models: Path, keygen: Keygen, extra: dict[str, str], expected: str
+) -> None:
+    """A pass without TRUSTED_KEYS_FILE or SOURCE imports neither PyNaCl nor the OCI
+    client (idle RSS does not grow); with TRUSTED_KEYS_FILE only PyNaCl."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    stage(models, source(tmp_path, {"model.bin": b"x"}), "--sign", str(keygen("publisher")[0]))
+    env = base_env(models, **{k: str(keygen("publisher")[1]) for k in extra})
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.stdout.split("\n")[-2] == expected, out.stdout + out.stderr
