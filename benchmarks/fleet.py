@@ -29,7 +29,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -311,26 +310,39 @@ class Fleet:
         return times
 
 
-def disrupt(fleet: Fleet, version: str, victims: int) -> None:
-    """While the nodes pull version: kill the registry for 3 s, SIGKILL some sidecars and
-    restart them (same volume, same port)."""
-    rng = random.Random(7)
-    time.sleep(rng.uniform(0.3, 1.0))
+def downloading(nodes: list[Node]) -> list[Node]:
+    """The nodes with a blob download in progress (a ``.part`` file in .sidecar/pull/)."""
+    return [n for n in nodes if any((n.root / ".sidecar" / "pull").glob("*/blobs/*.part"))]
+
+
+def wait_downloading(nodes: list[Node], deadline: float) -> list[Node]:
+    end = time.monotonic() + deadline
+    while not (found := downloading(nodes)) and time.monotonic() < end:
+        time.sleep(0.01)
+    return found
+
+
+def disrupt(fleet: Fleet, version: str, victims: int) -> dict[str, int]:
+    """While the nodes download version: kill the registry at the first download seen
+    (3 s down, then restarted on the same port), SIGKILL the sidecars caught downloading
+    then and again after the registry is back, and restart them (same volume and port)."""
+    first = wait_downloading(fleet.nodes, 2 * POLL + 5)
     fleet.registry.kill()
-    killed = rng.sample(fleet.nodes, min(victims, len(fleet.nodes)))
-    for node in killed[: len(killed) // 2]:
+    killed = first[:victims]
+    for node in killed:
         node.kill()
     time.sleep(3)
     fleet.registry.start()
-    for node in killed[: len(killed) // 2]:
+    for node in killed:
         node.start()
-    # The other half while the pulls resume against the registry that came back.
-    time.sleep(rng.uniform(0.2, 1.5))
-    for node in killed[len(killed) // 2:]:
+    second = [n for n in wait_downloading(fleet.nodes, 2 * POLL + 5) if n not in killed]
+    for node in second[:victims]:
         node.kill()
         node.start()
-    print(f"{version}: registry killed for 3 s, {len(killed)} sidecars SIGKILLed during "
-          f"the pulls")
+    counts = {"downloads_in_progress_when_the_registry_died": len(first),
+              "sidecars_sigkilled_mid_download": len(killed) + len(second[:victims])}
+    print(f"{version}: {counts}")
+    return counts
 
 
 def corrupt(registry: Registry, digest: str) -> None:
@@ -417,9 +429,9 @@ def run(nodes: int = 30, mib: int = 8, deadline: float = 180.0,
         fleet.publish("v1", mib, model="a")
         fleet.rollout("v1", deadline)
         fleet.publish("v2", mib, model="b")  # a new model: every node downloads it whole
-        disrupt(fleet, "v2", max(2, nodes // 5))
+        disrupted = disrupt(fleet, "v2", max(2, nodes // 5))
         fleet.rollout("v2", deadline)
-        fleet.figures["v2_interrupted"] = {
+        fleet.figures["v2_interrupted"] = {**disrupted,
             "pull_failures_connection": sum(n.metric("model_sidecar_pull_failures_total",
                                                      reason="connection")
                                             for n in fleet.nodes),

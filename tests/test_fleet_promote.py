@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Harness, base_env, run_cli, write_bundle
@@ -270,3 +271,13 @@ def test_fleet_libraries_are_imported_only_when_configured(
         timeout=60,
     )
     assert out.stdout.split("\n")[-2] == expected, out.stdout + out.stderr
+
+
+def test_start_line_names_the_source(make_config: Callable[..., Any]) -> None:
+    """With SOURCE set, the start line says what it follows and how often."""
+    from service.startline import start_message
+
+    config = make_config(source="oci://127.0.0.1:5000/models/f:stable", source_poll_seconds=90.0)
+    line, _fields = start_message(config, None)
+    assert "following oci://127.0.0.1:5000/models/f:stable every 90 s" in line
+    assert "following" not in start_message(make_config(), None)[0]
