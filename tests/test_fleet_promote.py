@@ -281,3 +281,37 @@ def test_start_line_names_the_source(make_config: Callable[..., Any]) -> None:
     line, _fields = start_message(config, None)
     assert "following oci://127.0.0.1:5000/models/f:stable every 90 s" in line
     assert "following" not in start_message(make_config(), None)[0]
+
+
+def test_stage_keeps_a_producer_signature_over_its_own_manifest(
+    tmp_path: Path, models: Path, keygen: Keygen, harness: Callable[..., Harness]
+) -> None:
+    """A producer-signed bundle staged without --sign keeps its manifest bytes and
+    signature, and is promoted under TRUSTED_KEYS_FILE."""
+    from service.signing import sign_manifest
+
+    private, public = keygen("publisher")
+    src = source(tmp_path, {"model.bin": b"x"})
+    (src / "manifest.json.sig").write_bytes(
+        sign_manifest((src / "manifest.json").read_bytes(), private)
+    )
+    stage(models, src)
+    assert harness(trusted_keys_file=public).promoter.run_pass().outcome == "promoted"
+
+
+def test_stage_refuses_a_signature_over_a_manifest_it_must_rewrite(
+    tmp_path: Path, models: Path, keygen: Keygen
+) -> None:
+    """A signature next to a manifest that stage rewrites (a file not listed) would
+    never verify: exit 1 naming it, nothing staged."""
+    from service.signing import sign_manifest
+
+    src = source(tmp_path, {"model.bin": b"x"})
+    (src / "manifest.json.sig").write_bytes(
+        sign_manifest((src / "manifest.json").read_bytes(), keygen("publisher")[0])
+    )
+    (src / "unlisted.txt").write_bytes(b"y")
+    (models / "staging").mkdir()
+    out = run_cli("stage", str(src), env=base_env(models))
+    assert out.returncode == 1 and "manifest.json.sig" in out.stderr
+    assert not os.listdir(models / "staging")

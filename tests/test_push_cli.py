@@ -161,3 +161,14 @@ def test_push_uses_the_auth_file_and_never_shows_the_password(tmp_path: Path) ->
         assert "auth" in err.lower() or "401" in err
     finally:
         reg.stop()
+
+
+def test_push_help_names_its_arguments_and_exit_codes() -> None:
+    """`help push` equals `push --help`: arguments, --sign, the auth file, exit codes;
+    no volume options (push never touches a volume)."""
+    env = base_env(Path("/nonexistent"))
+    text = run_cli("push", "--help", env=env).stdout
+    assert run_cli("help", "push", env=env).stdout == text
+    for word in ("BUNDLE_DIR", "REGISTRY/REPO:TAG", "--sign", "REGISTRY_AUTH_FILE", "130"):
+        assert word in text, word
+    assert "--models-root" not in text
