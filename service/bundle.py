@@ -14,11 +14,19 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from service.errors import BundleRejected
-from service.manifest_reader import ABSENT, FileEntry, ManifestDoc, read_manifest_file
+from service.manifest_reader import (
+    ABSENT,
+    DEFAULT_LIMITS,
+    FileEntry,
+    ManifestDoc,
+    read_manifest_file,
+)
 from service.manifest_reader import read_manifest as read_manifest_stream
 from service.progress import Progress
+from service.signing import StreamVerifier, TrustedKeys, signature_of
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -225,6 +233,50 @@ def read_manifest(root: Path, name: str, required: bool,
         raise BundleRejected("manifest_invalid", f"{name} is not a regular file")
     step = progress.step if progress is not None else _nothing
     return manifest_from_doc(read_manifest_file(path, step=step))
+
+
+class _Tee:
+    """A manifest file whose every chunk read also feeds the signature verifier."""
+
+    def __init__(self, fh: BinaryIO, verifier: StreamVerifier) -> None:
+        self.fh, self.verifier = fh, verifier
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.verifier.update(data)
+        return data
+
+
+def read_signed_manifest(root: Path, name: str, keys: TrustedKeys,
+                         progress: Progress | None = None) -> Manifest:
+    """The manifest, read once: its bytes parsed and their signature verified together.
+
+    Nothing can change the bytes between the check and the parse, and a manifest at the
+    32 MiB cap is never held in memory. signature_missing / signature_invalid first:
+    a manifest that is also malformed is reported by its signature when that fails.
+    """
+    verifier = StreamVerifier(signature_of(root, name), keys.keys)
+    path = root / name
+    if not os.path.lexists(path) or not stat.S_ISREG(path.lstat().st_mode):
+        raise BundleRejected("manifest_missing", f"{name} is missing (the signature covers it)")
+    step = progress.step if progress is not None else _nothing
+    with path.open("rb") as fh:
+        if os.fstat(fh.fileno()).st_size > DEFAULT_LIMITS.max_bytes:
+            raise BundleRejected("signature_invalid", f"{name} is larger than the signed "
+                                                      f"manifest cap")
+        tee = _Tee(fh, verifier)
+        try:
+            doc: ManifestDoc | BundleRejected = read_manifest_stream(tee, step=step)
+        except BundleRejected as exc:
+            doc = exc
+        while tee.read(CHUNK):  # a parse that stopped early: verify every byte anyway
+            step()
+    if not verifier.verified():
+        raise BundleRejected("signature_invalid",
+                             f"no key of {keys.path} verifies the signature of {name}")
+    if isinstance(doc, BundleRejected):
+        raise doc
+    return manifest_from_doc(doc)
 
 
 CHUNK = 1024 * 1024

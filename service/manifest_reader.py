@@ -54,7 +54,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Literal
+from typing import Final, Literal, Protocol
 
 from service.errors import BundleRejected
 
@@ -101,6 +101,12 @@ class ManifestSyntaxError(ManifestError):
 
 class ManifestRefused(ManifestError):
     """The file may be JSON, but it is beyond a documented limit or not a JSON object."""
+
+
+class Readable(Protocol):
+    """What the reader needs of a file: ``read(size)`` returning bytes (b"" at the end)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +170,7 @@ def read_manifest_file(
 
 
 def read_manifest(
-    fh: BinaryIO,
+    fh: Readable,
     limits: Limits = DEFAULT_LIMITS,
     chunk_size: int = CHUNK_SIZE,
     step: Callable[[], None] = _no_step,
@@ -256,7 +262,7 @@ class _Stream:
     """The file as a sliding window: the unconsumed tail of a chunk plus the next chunk."""
 
     def __init__(
-        self, fh: BinaryIO, chunk_size: int, max_bytes: int, step: Callable[[], None]
+        self, fh: Readable, chunk_size: int, max_bytes: int, step: Callable[[], None]
     ) -> None:
         self._fh, self._chunk_size, self._max_bytes, self._step = fh, chunk_size, max_bytes, step
         self._decoder = codecs.getincrementaldecoder("utf-8")()

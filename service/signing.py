@@ -119,6 +119,33 @@ def verifies(data: bytes, signature: bytes, keys: tuple[bytes, ...]) -> bool:
     return any(_verify_one(data, signature, key) for key in keys)
 
 
+class StreamVerifier:
+    """Verifies a signature over bytes fed in chunks (SHA-512(R || A || M) per key).
+
+    The manifest is read once: the same chunks feed the manifest reader and these
+    hashes, so nothing can change the bytes between their check and their parse, and a
+    32 MiB manifest is never held in memory.
+    """
+
+    def __init__(self, signature: bytes, keys: tuple[bytes, ...]) -> None:
+        self.signature = signature
+        self.keys = keys
+        self._hashers = [hashlib.sha512(signature[:32] + key) for key in keys]
+
+    def update(self, chunk: bytes) -> None:
+        for hasher in self._hashers:
+            hasher.update(chunk)
+
+    def verified(self) -> bool:
+        return any(_verify_with_k(hasher.digest(), self.signature, key)
+                   for hasher, key in zip(self._hashers, self.keys, strict=True))
+
+
+def signature_of(root: Path, manifest_name: str) -> bytes:
+    """The decoded signature of the bundle's manifest; signature_missing/invalid."""
+    return decode_signature(_read_signature(root, manifest_name + SIG_SUFFIX))
+
+
 def _verify_one(data: bytes, signature: bytes, key: bytes) -> bool:
     """RFC 8032 Ed25519 verification, cofactorless as libsodium does, without copying data.
 
@@ -129,6 +156,11 @@ def _verify_one(data: bytes, signature: bytes, key: bytes) -> bool:
     canonical and A a valid point of the prime-order subgroup (small-order keys refused),
     as crypto_sign_verify_detached requires. The tests cross-check it against PyNaCl.
     """
+    return _verify_with_k(_sha512_parts(signature[:32], key, data), signature, key)
+
+
+def _verify_with_k(digest: bytes, signature: bytes, key: bytes) -> bool:
+    """The verification equation, given SHA-512(R || A || M) (see _verify_one)."""
     import hmac
 
     from nacl import bindings
@@ -142,7 +174,7 @@ def _verify_one(data: bytes, signature: bytes, key: bytes) -> bool:
     try:
         if not bindings.crypto_core_ed25519_is_valid_point(key):
             return False
-        k = bindings.crypto_core_ed25519_scalar_reduce(_sha512_parts(r_bytes, key, data))
+        k = bindings.crypto_core_ed25519_scalar_reduce(digest)
         s_b = bindings.crypto_scalarmult_ed25519_base_noclamp(s_bytes)
         k_a = bindings.crypto_scalarmult_ed25519_noclamp(k, key)
         expected = bindings.crypto_core_ed25519_sub(s_b, k_a)

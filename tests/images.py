@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+
+from tests.support import ROOT, require_tool
 
 STATE = ROOT / ".cache" / "podman"
 BASE = "localhost/forecaster-base:bookworm"

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from conftest import ROOT, parse_metrics
+
+from tests.support import ROOT, parse_metrics
 
 MANIFEST = ROOT / "k8s" / "forecaster-sidecar.yaml"
 UID = 10001

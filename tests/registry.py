@@ -21,7 +21,7 @@ START_DEADLINE = 20.0
 
 def _tool(name: str) -> str:
     """The tool's path (a failure in CI when it is missing, a skip elsewhere)."""
-    from conftest import require_tool  # only under pytest: benchmarks pass the paths
+    from tests.support import require_tool  # only under pytest: benchmarks pass the paths
 
     return require_tool(name)
 

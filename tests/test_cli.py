@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ReloadServer, base_env, run_cli, sha256, tree_digest, write_bundle
+
+from tests.support import ROOT, ReloadServer, base_env, run_cli, sha256, tree_digest, write_bundle
 
 
 @pytest.fixture
@@ -268,7 +269,7 @@ def test_sidecar_sh_passes_arguments_through(models: Path) -> None:
     """sidecar/sidecar.sh runs the sidecar with the arguments it was given."""
     import subprocess
 
-    from conftest import ROOT
+    from tests.support import ROOT
 
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
     out = subprocess.run(

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import (
-    Daemon,
+from tests.support import (
     ReloadServer,
+    SidecarProcess,
     base_env,
     http_get,
     require_tool,
@@ -25,7 +25,7 @@ INTERVAL = "model_sidecar_poll_interval_seconds"
 
 
 def test_daemon_promotes_and_serves_endpoints(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """The daemon promotes a staged bundle; /healthz and /readyz say 200; 404 elsewhere."""
     daemon = start_daemon(models, "--poll-interval", "1")
@@ -38,7 +38,9 @@ def test_daemon_promotes_and_serves_endpoints(
     assert daemon.stop() == 0
 
 
-def test_sigterm_and_sigint_exit_0(models: Path, start_daemon: Callable[..., Daemon]) -> None:
+def test_sigterm_and_sigint_exit_0(
+    models: Path, start_daemon: Callable[..., SidecarProcess]
+) -> None:
     """SIGTERM, SIGINT and SIGHUP stop the daemon cleanly with exit code 0 and a log line."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         daemon = start_daemon(models)
@@ -48,7 +50,7 @@ def test_sigterm_and_sigint_exit_0(models: Path, start_daemon: Callable[..., Dae
 
 
 def test_sigterm_during_a_reload_finishes_the_pass(
-    models: Path, start_daemon: Callable[..., Daemon], reload_server: ReloadServer
+    models: Path, start_daemon: Callable[..., SidecarProcess], reload_server: ReloadServer
 ) -> None:
     """A SIGTERM while a pass waits on the reload lets it finish, then exits 0."""
     reload_server.script = ["hang"]
@@ -63,7 +65,7 @@ def test_sigterm_during_a_reload_finishes_the_pass(
 
 
 def test_sigterm_does_not_wait_for_a_long_reload(
-    models: Path, start_daemon: Callable[..., Daemon], reload_server: ReloadServer
+    models: Path, start_daemon: Callable[..., SidecarProcess], reload_server: ReloadServer
 ) -> None:
     """A stop leaves a reload the server holds for a minute; the next start sends it."""
     reload_server.script = ["hang"]
@@ -82,7 +84,7 @@ def test_sigterm_does_not_wait_for_a_long_reload(
     assert [r.json()["version"] for r in reload_server.requests] == ["v1", "v1"]
 
 
-def test_interval_defaults_to_30(models: Path, start_daemon: Callable[..., Daemon]) -> None:
+def test_interval_defaults_to_30(models: Path, start_daemon: Callable[..., SidecarProcess]) -> None:
     """With nothing set, the poll interval is 30 seconds."""
     daemon = start_daemon(models)
     daemon.wait_ready()
@@ -90,7 +92,7 @@ def test_interval_defaults_to_30(models: Path, start_daemon: Callable[..., Daemo
 
 
 def test_poll_default_beats_the_builtin_default(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """POLL_DEFAULT sets the interval when neither flag nor manifest does."""
     daemon = start_daemon(models, POLL_DEFAULT="7")
@@ -108,7 +110,7 @@ def _promote_with_interval(models: Path, version: str, interval: object) -> None
 
 
 def test_manifest_interval_beats_poll_default_and_applies_without_restart(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """A promoted manifest's interval replaces POLL_DEFAULT on the running daemon."""
     daemon = start_daemon(models, POLL_DEFAULT="2")
@@ -121,7 +123,7 @@ def test_manifest_interval_beats_poll_default_and_applies_without_restart(
 
 
 def test_cli_interval_beats_the_manifest(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """--poll-interval overrides the interval in the manifest of current."""
     _promote_with_interval(models, "v1", 5)
@@ -132,7 +134,7 @@ def test_cli_interval_beats_the_manifest(
 
 
 def test_manifest_of_current_is_read_at_start(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """The interval of current's manifest applies from the first pass after a restart."""
     _promote_with_interval(models, "v1", 5)
@@ -143,7 +145,7 @@ def test_manifest_of_current_is_read_at_start(
 
 
 def test_invalid_manifest_interval_is_skipped_with_a_warning(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """A boolean interval in the manifest is ignored (warning); POLL_DEFAULT applies."""
     _promote_with_interval(models, "v1", True)
@@ -155,9 +157,10 @@ def test_invalid_manifest_interval_is_skipped_with_a_warning(
 
 
 def test_manual_rollback_is_counted_by_the_daemon(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
-    """A CLI rollback shows in the daemon's rollbacks_total{trigger="manual"} and version."""
+    """A CLI rollback shows in the daemon's rollbacks_total{trigger="manual"}, its version
+    gauge and its log."""
     daemon = start_daemon(models, "--poll-interval", "1")
     daemon.wait_ready()
     for version in ("v1", "v2"):
@@ -167,10 +170,11 @@ def test_manual_rollback_is_counted_by_the_daemon(
     assert run_cli("rollback", env=base_env(models)).returncode == 0
     daemon.wait_metric("model_sidecar_rollbacks_total", lambda v: v == 1, trigger="manual")
     daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version="v1")
+    assert "a rollback command switched current to v1 (from v2)" in daemon.log()
 
 
 def test_metrics_after_a_scripted_sequence(
-    models: Path, start_daemon: Callable[..., Daemon], reload_server: ReloadServer
+    models: Path, start_daemon: Callable[..., SidecarProcess], reload_server: ReloadServer
 ) -> None:
     """After promotions, a rejection and a failed reload, /metrics holds the right values."""
     promtool = require_tool("promtool")
@@ -217,7 +221,7 @@ def test_metrics_after_a_scripted_sequence(
 
 
 def test_staged_pending_while_ready_waits(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """staged_pending is 1 while a READY bundle waits (here: an io_error keeps it)."""
     daemon = start_daemon(models, "--poll-interval", "1", "--no-watch")
@@ -247,7 +251,7 @@ def test_metrics_port_0_disables_the_server(models: Path, tmp_path: Path) -> Non
 
 
 def test_exposition_has_no_created_series(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """The daemon's /metrics carries no *_created series (they double the exposition)."""
     daemon = start_daemon(models)

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, require_tool
+
+from tests.support import ROOT, require_tool
 
 K8S = ROOT / "k8s"
 SPEC_VARIABLES = {

@@ -38,7 +38,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, http_get
 from images import images
 from pod_scenario import (
     SECRET,
@@ -58,6 +57,8 @@ from pod_scenario import (
     wait_for,
     wrong_token_is_refused,
 )
+
+from tests.support import ROOT, http_get
 
 pytestmark = pytest.mark.e2e_k3s
 KUBECTL = shutil.which("kubectl")

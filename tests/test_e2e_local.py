@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Daemon, base_env, free_port, http_get, run_cli, wait_for
+
+from tests.support import ROOT, SidecarProcess, base_env, free_port, http_get, run_cli, wait_for
 
 APP = ROOT / "examples" / "forecaster_app" / "app.py"
 
@@ -55,8 +56,8 @@ def predict(app: str) -> dict[str, object]:
     return json.loads(body) if status == 200 else {}
 
 
-def sidecar(start_daemon: Callable[..., Daemon], models: Path, app: str,
-            token_file: Path) -> Daemon:
+def sidecar(start_daemon: Callable[..., SidecarProcess], models: Path, app: str,
+            token_file: Path) -> SidecarProcess:
     daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
                           RELOAD_TOKEN_FILE=str(token_file), RELOAD_RETRIES="0")
     daemon.wait_ready()
@@ -71,7 +72,7 @@ def stage(models: Path, tmp_path: Path, version: str, slope: float) -> None:
 
 def test_stage_promote_reload_predict(
     models: Path, tmp_path: Path, app: str, token_file: Path,
-    start_daemon: Callable[..., Daemon],
+    start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """Each staged version is promoted, reloaded with the token, and served by /predict."""
     daemon = sidecar(start_daemon, models, app, token_file)
@@ -85,7 +86,7 @@ def test_stage_promote_reload_predict(
 
 def test_wrong_token_fails_the_reload_and_the_old_model_serves(
     models: Path, tmp_path: Path, app: str, token_file: Path,
-    start_daemon: Callable[..., Daemon],
+    start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """With a wrong token the app answers 401: counted as http_status; v1 keeps serving."""
     daemon = sidecar(start_daemon, models, app, token_file)

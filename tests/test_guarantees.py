@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_env, run_cli, wait_for, write_bundle
 from verify import check_current, check_exactly_once, check_no_leftovers, promoted_counts
+
+from tests.support import SidecarProcess, base_env, run_cli, wait_for, write_bundle
 
 KILLS = int(os.environ.get("SIDECAR_TEST_KILLS", "40"))
 PROMOTIONS = int(os.environ.get("SIDECAR_TEST_PROMOTIONS", "60"))
@@ -52,7 +53,7 @@ class Producer:
 
 @pytest.mark.slow
 def test_sigkill_at_random_instants_never_breaks_the_guarantees(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """SIGKILL during promotions, recovery and retention; each restart keeps SPEC 4."""
     rng = random.Random(int(os.environ.get("SIDECAR_TEST_SEED", "20261130")))
@@ -78,7 +79,7 @@ def test_sigkill_at_random_instants_never_breaks_the_guarantees(
 
 @pytest.mark.slow
 def test_readers_never_see_two_versions(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """Readers that resolve current once read files of one version only."""
     daemon = start_daemon(models, "--poll-interval", "1", KEEP_VERSIONS="100000")
@@ -120,7 +121,7 @@ def test_readers_never_see_two_versions(
 
 @pytest.mark.slow
 def test_two_daemons_promote_each_bundle_exactly_once(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """Two daemons on one volume: the flock lets exactly one take each bundle."""
     daemons = [start_daemon(models, "--poll-interval", "1", KEEP_VERSIONS="100000")

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import base_env, run_cli, write_bundle
 
 from service.config import SETTINGS
+from tests.support import base_env, run_cli, write_bundle
 
 COMMANDS = ("run", "stage", "status", "rollback")
 DAEMON_ONLY = (

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, base_env, http_get, parse_metrics, run_cli, wait_for, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -37,6 +36,15 @@ from service.http_server import (
     start_server,
 )
 from service.metrics import Metrics
+from tests.support import (
+    SidecarProcess,
+    base_env,
+    http_get,
+    parse_metrics,
+    run_cli,
+    wait_for,
+    write_bundle,
+)
 
 IDLE_SOCKETS = 1000
 SIDECAR_NOFILE = 256  # the real sidecar's soft open-file limit: far below 1,000 sockets
@@ -606,7 +614,7 @@ def soft_nofile_of(pid: int) -> int:
 
 def test_the_sidecar_serves_and_promotes_under_1000_idle_sockets(
     models: Path,
-    start_daemon: Callable[..., Daemon],
+    start_daemon: Callable[..., SidecarProcess],
     clients: list[socket.socket],
     nofile: Callable[[int], None],
 ) -> None:

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import free_port, http_get, parse_metrics, wait_for, write_bundle
 from images import Images, images
+
+from tests.support import free_port, http_get, parse_metrics, wait_for, write_bundle
 
 pytestmark = pytest.mark.image
 __all__ = ["images"]  # the session fixture, shared with tests/test_pod.py

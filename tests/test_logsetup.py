@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, wait_for
 
 from service.config import Config
 from service.logsetup import JsonFormatter, TextFormatter, setup_logging
 from service.startline import start_message
+from tests.support import SidecarProcess, wait_for
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_start_line_escapes_control_characters() -> None:
 
 
 def test_daemon_logs_the_start_line_with_fields_in_json(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """The real daemon's first JSON line is the start sentence with the configuration as
     top-level keys."""

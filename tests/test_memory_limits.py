@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.manifest_reader import DEFAULT_LIMITS
-from tests.conftest import ROOT, base_env
+from tests.support import ROOT, base_env
 
 PEAK_LIMIT_KIB = 64 * 1024
 PAD = "x" * 1024

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.support import (
     IN_CI,
     ROOT,
-    Daemon,
+    SidecarProcess,
     base_env,
     free_port,
     run_cli,
@@ -105,7 +106,7 @@ def mlserver(models: Path, tmp_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-def sidecar(mlserver: Server, start_daemon: Callable[..., Daemon]) -> Daemon:
+def sidecar(mlserver: Server, start_daemon: Callable[..., SidecarProcess]) -> SidecarProcess:
     daemon = start_daemon(
         mlserver.models, "--poll-interval", "1",
         RELOAD_URL=f"{mlserver.url}/v2/repository/models/{MODEL}/load",
@@ -122,7 +123,7 @@ def serves(server: Server, version: str) -> bool:
         return False
 
 
-def test_new_version_is_served_after_promotion(mlserver: Server, sidecar: Daemon) -> None:
+def test_new_version_is_served_after_promotion(mlserver: Server, sidecar: SidecarProcess) -> None:
     """Stage v2: inference answers from v2 (slope 3: 3 * 2 + 1 = 7)."""
     assert mlserver.infer() == ("v1", pytest.approx(5.0))
     built = mlserver.build("v2", slope=3.0)
@@ -136,7 +137,9 @@ def test_new_version_is_served_after_promotion(mlserver: Server, sidecar: Daemon
     assert sidecar.metric("model_sidecar_reload_failures_total", reason="verify") == 0
 
 
-def test_zero_failed_requests_across_20_promotions(mlserver: Server, sidecar: Daemon) -> None:
+def test_zero_failed_requests_across_20_promotions(
+    mlserver: Server, sidecar: SidecarProcess
+) -> None:
     """A client inferring continuously sees no failed request across 20 promotions."""
     stop = threading.Event()
     counts = {"ok": 0, "failed": 0}
@@ -167,7 +170,7 @@ def test_zero_failed_requests_across_20_promotions(mlserver: Server, sidecar: Da
 
 
 def test_broken_model_is_rolled_back_and_the_previous_keeps_serving(
-    mlserver: Server, sidecar: Daemon
+    mlserver: Server, sidecar: SidecarProcess
 ) -> None:
     """A bundle with right checksums but a broken model: load fails, current rolls back."""
     mlserver.stage("v2", slope=3.0)

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.support import (
     ROOT,
-    Daemon,
     ReloadServer,
+    SidecarProcess,
     base_env,
     free_port,
     http_get,
@@ -80,7 +81,7 @@ class Webhook:
 @dataclass
 class Stack:
     models: Path
-    sidecar: Daemon
+    sidecar: SidecarProcess
     reload: ReloadServer
     webhook: Webhook
     prometheus_url: str
@@ -129,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     models.mkdir()
     webhook, reload = Webhook(), ReloadServer()
     env = base_env(models, RELOAD_URL=reload.url, RELOAD_RETRIES="0")
-    sidecar = Daemon(models, tmp / "sidecar.log", ["--poll-interval", "1"], env)
+    sidecar = SidecarProcess(models, tmp / "sidecar.log", ["--poll-interval", "1"], env)
     am_port, prom_port = free_port(), free_port()
     (tmp / "am.yml").write_text(yaml.safe_dump({
         "route": {"receiver": "hook", "group_by": ["alertname", "instance", "reason"],

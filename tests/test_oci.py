@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sha256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from registry import Registry
@@ -24,6 +23,7 @@ from service.oci.auth import AuthFileError, Credentials, credentials_for, parse_
 from service.oci.client import RegistryClient, RegistryError, sha256_digest
 from service.oci.push import PushRefused, push_bundle
 from service.oci.reference import Reference, parse_insecure, parse_reference, source_reference
+from tests.support import sha256
 
 DIGEST = "sha256:" + "ab" * 32
 

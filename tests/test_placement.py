@@ -13,7 +13,7 @@ import pytest
 from service.config import Config
 from service.errors import ConfigError
 from service.placement import check_volume, placement_problem
-from tests.conftest import base_env, run_cli
+from tests.support import base_env, run_cli
 
 R = Path("/m")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, free_port, http_get
 from images import STATE, Images, Podman, images
 from pod_scenario import (
     SECRET,
@@ -49,6 +48,8 @@ from pod_scenario import (
     write_yaml,
     wrong_token_is_refused,
 )
+
+from tests.support import ROOT, free_port, http_get
 
 pytestmark = pytest.mark.pod
 __all__ = ["images"]  # the session fixture, shared with tests/test_image.py

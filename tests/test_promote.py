@@ -7,9 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Harness, tree_digest, write_bundle
-
 from service import fsops, history, volume
+from tests.support import Harness, tree_digest, write_bundle
 
 FILES = {"model.bin": b"weights-1", "sub/config.json": b"{}"}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sample, sha256, tree_digest
 from prometheus_client import CollectorRegistry
 from registry import Registry
 
@@ -21,6 +20,7 @@ from service.oci.client import RegistryClient
 from service.oci.push import push_bundle
 from service.oci.reference import parse_reference
 from service.pull_metrics import PullMetrics
+from tests.support import sample, sha256, tree_digest
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
@@ -442,9 +442,8 @@ def test_pulled_signed_bundle_verifies_in_staging(tmp_path: Path, registry: Regi
     promotion's validation will check it; an extra unlisted file is caught there."""
     import subprocess
 
-    from conftest import require_tool
-
     from service import signing
+    from tests.support import require_tool
 
     openssl = require_tool("openssl")
     key, pub = tmp_path / "key.pem", tmp_path / "pub.pem"

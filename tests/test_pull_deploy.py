@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, require_tool
 
 from service import signing
 from service.oci.reference import parse_reference
+from tests.support import ROOT, require_tool
 
 FLEET = ROOT / "k8s" / "fleet"
 RINGS = {"stable": FLEET, "canary": FLEET / "canary"}

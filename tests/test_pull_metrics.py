@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import require_tool, sample
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.errors import PULL_FAILURE_REASONS
 from service.pull_metrics import PullMetrics
+from tests.support import require_tool, sample
 
 
 def test_fixed_labels_exist_at_zero() -> None:

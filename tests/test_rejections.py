@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Harness, sha256, tree_digest, write_bundle
 
 from service import history, volume
+from tests.support import Harness, sha256, tree_digest, write_bundle
 
 GOOD = {"sha256": sha256(b"data"), "size": 4}
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Harness, ReloadServer, require_tool, run_cli, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from service.config import Config, load_config
 from service.errors import ConfigError
 from service.reload import Reloader, ReloadRequest, ReloadResult
 from service.reload_http import MAX_REPLY_BYTES, describe, make_retry, make_session
+from tests.support import Harness, ReloadServer, require_tool, run_cli, write_bundle
 
 
 def promote(h: Harness, version: str) -> None:
@@ -149,7 +149,7 @@ def test_hung_server_times_out(
 
 def test_connection_refused_is_a_connection_failure(harness: Callable[..., Harness]) -> None:
     """Nothing listening: reason connection, every attempt counted."""
-    from conftest import free_port
+    from tests.support import free_port
 
     h = harness(reload_url=f"http://127.0.0.1:{free_port()}/reload", reload_retries=1)
     promote(h, "v1")
@@ -824,7 +824,7 @@ def test_secrets_in_the_configuration_exit_2_unseen(
     args: list[str], env: dict[str, str], secret: str, tmp_path: Path
 ) -> None:
     """python -m service --once: URL credentials or a bad RELOAD_TOKEN exit 2, value unseen."""
-    from conftest import base_env
+    from tests.support import base_env
 
     proc = run_cli("--once", "--models-root", str(tmp_path), *args, env=base_env(tmp_path, **env))
     assert proc.returncode == 2, proc.stderr

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool, sha256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import signing
 from service.errors import BundleRejected, TransientError
+from tests.support import ROOT, require_tool, sha256
 
 Keygen = Callable[[str], tuple[Path, Path]]
 
@@ -396,3 +396,61 @@ def test_verifying_a_32_mib_manifest_holds_one_copy(tmp_path: Path, keygen: Keyg
         tracemalloc.stop()
     assert len(data) > signing.MAX_MANIFEST_BYTES - 100
     assert peak < len(data) + 1024 * 1024, f"peak {peak} B for a {len(data)} B manifest"
+
+
+# -- the signed manifest read once (parse and verify in one pass) ---------------------------
+
+
+def signed_reason(root: Path, keys: signing.TrustedKeys) -> str:
+    from service.bundle import read_signed_manifest
+
+    with pytest.raises(BundleRejected) as info:
+        read_signed_manifest(root, "manifest.json", keys)
+    return info.value.reason
+
+
+def test_signed_manifest_is_parsed_and_verified_in_one_read(tmp_path: Path,
+                                                             keygen: Keygen) -> None:
+    """A signed manifest is returned parsed once its signature verified."""
+    from service.bundle import read_signed_manifest
+
+    private, public = keygen("one")
+    write_bundle(tmp_path, {"m.bin": b"x"})
+    sign_bundle(tmp_path, private)
+    manifest = read_signed_manifest(tmp_path, "manifest.json", signing.load_trusted_keys(public))
+    assert manifest.version == "v1" and list(manifest.files) == ["m.bin"]
+
+
+def test_bad_signature_wins_over_a_malformed_manifest(tmp_path: Path, keygen: Keygen) -> None:
+    """A manifest that is not JSON and not signed by a trusted key is signature_invalid."""
+    private, _public = keygen("one")
+    _other_private, other_public = keygen("other")
+    (tmp_path / "manifest.json").write_bytes(b"{not json" + b" " * 200_000)
+    sign_bundle(tmp_path, private)
+    assert signed_reason(tmp_path, signing.load_trusted_keys(other_public)) == "signature_invalid"
+
+
+def test_malformed_but_signed_manifest_is_manifest_invalid(tmp_path: Path,
+                                                          keygen: Keygen) -> None:
+    """A correctly signed manifest that is not JSON is manifest_invalid, after the check."""
+    private, public = keygen("one")
+    (tmp_path / "manifest.json").write_bytes(b"[1, 2" + b" " * 200_000)
+    sign_bundle(tmp_path, private)
+    assert signed_reason(tmp_path, signing.load_trusted_keys(public)) == "manifest_invalid"
+
+
+def test_signed_manifest_without_signature_is_signature_missing(tmp_path: Path,
+                                                                keygen: Keygen) -> None:
+    """No <manifest>.sig: signature_missing, before the manifest is read."""
+    _private, public = keygen("one")
+    write_bundle(tmp_path, {"m.bin": b"x"})
+    assert signed_reason(tmp_path, signing.load_trusted_keys(public)) == "signature_missing"
+
+
+def test_one_changed_byte_is_signature_invalid(tmp_path: Path, keygen: Keygen) -> None:
+    """A byte changed after signing (whitespace even) fails the one-read verification."""
+    private, public = keygen("one")
+    manifest = write_bundle(tmp_path, {"m.bin": b"x"})
+    sign_bundle(tmp_path, private)
+    (tmp_path / "manifest.json").write_bytes(manifest + b" ")
+    assert signed_reason(tmp_path, signing.load_trusted_keys(public)) == "signature_invalid"

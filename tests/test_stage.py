@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from service.bundle import FileSpec, Manifest
 from service.errors import ConfigError
 from service.stage import StageRefused, choose_version, manifest_bytes
-from tests.conftest import base_env, run_cli, sha256, tree_digest
+from tests.support import base_env, run_cli, sha256, tree_digest
 
 
 def make_bundle(root: Path, files: dict[str, bytes], manifest: object = None) -> Path:

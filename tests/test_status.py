@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, Daemon, ReloadServer, base_env, run_cli, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.support import ROOT, ReloadServer, SidecarProcess, base_env, run_cli, write_bundle
 
 UTC_AGE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \((?:\d+ (?:d|h|min) )?(?:\d+ (?:h|min|s) )?ago\)"
 LINE_PREFIXES = (
@@ -140,7 +141,7 @@ def test_without_a_daemon_reloading_is_unknown(models: Path) -> None:
 
 
 def test_a_running_daemon_is_named_with_its_reload_url(
-    models: Path, start_daemon: Callable[..., Daemon], reload_server: ReloadServer
+    models: Path, start_daemon: Callable[..., SidecarProcess], reload_server: ReloadServer
 ) -> None:
     """With the daemon running, status names its pid and the URL it reloads."""
     daemon = start_daemon(models, "--poll-interval", "60", RELOAD_URL=reload_server.url)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.watch import IN_CREATE, IN_IGNORED, IN_MOVED_TO, Watch, parse_events
-from tests.conftest import Daemon, ReloadServer, base_env, run_cli, wait_for, write_bundle
+from tests.support import ReloadServer, SidecarProcess, base_env, run_cli, wait_for, write_bundle
 
 EVENT = struct.Struct("iIII")
 
@@ -64,7 +64,7 @@ def test_real_watch_calls_back_when_ready_appears(tmp_path: Path) -> None:
 
 
 def test_daemon_that_never_polls_promotes_when_ready_appears(
-        models: Path, start_daemon: Callable[..., Daemon]) -> None:
+        models: Path, start_daemon: Callable[..., SidecarProcess]) -> None:
     """With a one-hour interval, a bundle staged after start is promoted by the watch."""
     daemon = start_daemon(models, "--poll-interval", "3600")
     daemon.wait_ready()
@@ -73,7 +73,7 @@ def test_daemon_that_never_polls_promotes_when_ready_appears(
 
 
 def test_daemon_delivers_a_command_rollback_without_polling(
-        models: Path, start_daemon: Callable[..., Daemon],
+        models: Path, start_daemon: Callable[..., SidecarProcess],
         reload_server: ReloadServer) -> None:
     """A CLI rollback's reload is sent by the daemon at once, not at its next poll."""
     daemon = start_daemon(models, "--poll-interval", "3600",

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, base_env, free_port, http_get, run_cli, write_bundle
+
+from tests.support import SidecarProcess, base_env, free_port, http_get, run_cli, write_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 class Run:
     """One daemon and the steps of the script, each waiting on the daemon's own metrics."""
 
-    def __init__(self, daemon: Daemon, models: Path) -> None:
+    def __init__(self, daemon: SidecarProcess, models: Path) -> None:
         self.daemon = daemon
         self.models = models
         self.served: list[str] = []
@@ -111,7 +112,7 @@ class Run:
 
 
 def test_no_secret_leaves_the_sidecar(
-    tmp_path: Path, server: RecordingServer, start_daemon: Callable[..., Daemon]
+    tmp_path: Path, server: RecordingServer, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """Tokens (file, rotated, env) and a URL password appear nowhere but in the request."""
     token_a, token_b, token_c = (f"tok-{secrets.token_urlsafe(18)}" for _ in range(3))

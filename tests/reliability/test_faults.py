@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon as _Daemon
-from conftest import ReloadServer, base_env, run_cli, tree_digest, wait_for, write_bundle
 from verify import check_current, check_no_leftovers
+
+from tests.support import ReloadServer, base_env, run_cli, tree_digest, wait_for, write_bundle
+from tests.support import SidecarProcess as _Daemon
 
 Start = Callable[..., _Daemon]
 

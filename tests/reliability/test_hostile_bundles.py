@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conftest import tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -20,6 +19,7 @@ from service.errors import REJECTION_REASONS
 from service.jobs.promote import Promoter
 from service.metrics import Metrics
 from service.reload import Reloader
+from tests.support import tree_digest
 
 EXAMPLES = int(os.environ.get("SIDECAR_HOSTILE_EXAMPLES", "150"))
 
