@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+
+from tests.support import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.registry]
 
@@ -19,9 +20,14 @@ def test_fleet_converges_on_the_newest_valid_version(tmp_path: Path) -> None:
     staged; every fleet dashboard query returns data."""
     from benchmarks import fleet
 
-    figures = fleet.run(nodes=3, mib=2, deadline=120.0, work=tmp_path,
-                        registry_binary=require_tool("docker-registry"),
-                        prometheus_binary=require_tool("prometheus"))
+    figures = fleet.run(
+        nodes=3,
+        mib=2,
+        deadline=120.0,
+        work=tmp_path,
+        registry_binary=require_tool("docker-registry"),
+        prometheus_binary=require_tool("prometheus"),
+    )
     print(json.dumps(figures, indent=2))
     assert all(n > 0 for n in figures["dashboard_queries_series"].values())
     assert figures["registry_requests_per_idle_node_per_hour"]["bytes_pulled_while_idle"] == 0

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_env, run_cli, sha256, wait_for
 from registry import Registry
 from test_signing import Keygen, make_keypair
 
 from service import history
 from service.oci.client import RegistryClient
 from service.oci.push import retag
+from tests.support import SidecarProcess, base_env, run_cli, sha256, wait_for
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
@@ -74,8 +74,8 @@ def current(models: Path) -> str | None:
 
 
 def follow(
-    start_daemon: Callable[..., Daemon], models: Path, reg: Registry, trusted: Path
-) -> Daemon:
+    start_daemon: Callable[..., SidecarProcess], models: Path, reg: Registry, trusted: Path
+) -> SidecarProcess:
     daemon = start_daemon(
         models,
         "--no-reload",
@@ -94,7 +94,7 @@ def test_sidecar_follows_a_signed_tag(
     models: Path,
     registry: Registry,
     keygen: Keygen,
-    start_daemon: Callable[..., Daemon],
+    start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """v1, v2 promoted from the tag; v3 by an unknown key rejected signature_invalid and
     not pulled again after a restart; v4 with a corrupted blob is digest_mismatch and

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, base_env, run_cli, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_signing import Keygen, make_keypair
@@ -18,6 +17,7 @@ from test_signing import Keygen, make_keypair
 from service import history, journal
 from service.errors import StateDamaged
 from service.jobs.pull import remembered
+from tests.support import Harness, base_env, run_cli, write_bundle
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -257,7 +257,7 @@ def test_fleet_libraries_are_imported_only_when_configured(
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.support import ROOT
 
     stage(models, source(tmp_path, {"model.bin": b"x"}), "--sign", str(keygen("publisher")[0]))
     env = base_env(models, **{k: str(keygen("publisher")[1]) for k in extra})

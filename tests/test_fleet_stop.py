@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_env, run_cli, sha256, wait_for
 from registry import Registry
+
+from tests.support import SidecarProcess, base_env, run_cli, sha256, wait_for
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
@@ -84,7 +85,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 def test_sigterm_during_a_stalled_download_exits_and_resumes(
-    tmp_path: Path, models: Path, registry: Registry, start_daemon: Callable[..., Daemon]
+    tmp_path: Path, models: Path, registry: Registry, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """SIGTERM with a blob download hanging: exit 0 (not after the 30 s read timeout),
     the partial file kept; the next start finishes the download and promotes v1."""

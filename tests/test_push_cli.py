@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import base_env, run_cli, sha256
 from registry import Registry
 from test_signing import Keygen, make_keypair
 
 from service import signing
 from service.oci.artifact import parse_manifest as parse_oci
 from service.oci.client import RegistryClient
+from tests.support import base_env, run_cli, sha256
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"

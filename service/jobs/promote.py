@@ -22,6 +22,7 @@ the pass then goes on from what the volume shows.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -30,17 +31,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from service import fsops, history, retention, volume
 from service.bundle import (
+    CHUNK,
     Manifest,
     check_contents,
     check_files,
     check_tree,
     is_valid_version,
     manifest_poll_interval,
-    parse_manifest,
+    read_signed_manifest,
 )
 from service.changes import OUTCOME_LABELS, JournalledChanges
 from service.config import Config
@@ -59,12 +61,15 @@ from service.errors import (
 from service.interval import check_manifest_interval, resolve_interval
 from service.journal import Claim, Intent, Promote, Reject, Rollback, Trigger
 from service.layout import Layout
-from service.manifest_reader import DEFAULT_LIMITS, read_manifest_file
+from service.manifest_reader import read_manifest_file
 from service.metrics import Metrics
 from service.naming import generated_name
 from service.progress import Progress
 from service.recovery import Recovery
 from service.reload import Reloader
+
+if TYPE_CHECKING:
+    from service.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 PassOutcome = Literal["idle", "promoted", "rejected", "io_error", "busy", "cancelled"]
@@ -213,11 +218,12 @@ class Promoter:
         TRUSTED_KEYS_FILE the signature is checked first (SPEC 12); an unreadable keys
         file is a TransientError: the claim is returned and the bundle stays staged."""
         root, name = self.layout.incoming, self.config.manifest_name
-        signed = self._verified_manifest(root, name)
-        digest = self._pulled_digest(signed)
+        keys = self._trusted_keys()
+        digest = self._pulled_digest(root / name)
         try:
-            if isinstance(signed, BundleRejected):
-                raise signed
+            # Only the manifest and its signature are read before the signature verified.
+            signed = None if keys is None else read_signed_manifest(root, name, keys,
+                                                                   self.progress)
             if skipped:
                 raise BundleRejected("unsafe_path", f"special file {skipped[0]} in the bundle")
             scan = check_tree(root, name)
@@ -229,43 +235,41 @@ class Promoter:
         except BundleRejected as exc:
             return self._reject(exc, claim, digest)
 
-    def _verified_manifest(self, root: Path, name: str) -> bytes | BundleRejected | None:
-        """The signed manifest's bytes, the rejection of its signature, or None when
-        signatures are not required."""
+    def _trusted_keys(self) -> TrustedKeys | None:
+        """TRUSTED_KEYS_FILE re-read for this validation (a rotated Secret applies)."""
         if self.config.trusted_keys_file is None:
             return None
         from service import signing  # PyNaCl only when signatures are configured
 
-        keys = signing.reload_trusted_keys(self.config.trusted_keys_file)
-        try:
-            return signing.verify_signature(root, name, keys)
-        except BundleRejected as exc:
-            return exc
+        return signing.reload_trusted_keys(self.config.trusted_keys_file)
 
     def _checked_manifest(self, root: Path, name: str,
-                          signed: bytes | None) -> Manifest | None:
+                          signed: Manifest | None) -> Manifest | None:
         if signed is None:
             return check_contents(root, name, self.config.require_manifest, self.progress)
         from service import signing
 
-        manifest = parse_manifest(signed)  # the verified bytes: never read twice
-        signing.check_coverage(root, name, manifest.files)
-        check_files(root, manifest.files, self.progress)
-        return manifest
+        signing.check_coverage(root, name, signed.files)
+        check_files(root, signed.files, self.progress)
+        return signed
 
     def _reject(self, exc: BundleRejected, claim: Claim, digest: str | None) -> Reject:
         name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
         return Reject(name, exc.reason, exc.detail, claim, self.clock(), digest)
 
-    def _pulled_digest(self, signed: bytes | BundleRejected | None) -> str | None:
-        """The registry digest of a bundle the pull job staged (None for any other)."""
-        if not (self.layout.state / "pull-staged.json").exists():
+    def _pulled_digest(self, manifest: Path) -> str | None:
+        """The registry digest of a bundle the pull job staged (None for any other):
+        the staged record names the sha256 of the manifest it handed over."""
+        record_path = self.layout.state / "pull-staged.json"
+        if not record_path.exists():
             return None  # nothing was ever pulled: no import, no read
-        from service.jobs.pull import staged_digest
+        from service.jobs.pull import read_state
 
-        data = signed if isinstance(signed, bytes) else _manifest_bytes(
-            self.layout.incoming / self.config.manifest_name)
-        return staged_digest(self.layout.state, data)
+        record = read_state(record_path)
+        if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+            return None
+        expected = record.get("manifest_sha256")
+        return record["digest"] if expected == _manifest_sha256(manifest) else None
 
     def _version_name(self, manifest: Manifest | None) -> str:
         existing = set(volume.list_dirs(self.layout.versions))
@@ -366,16 +370,18 @@ class Promoter:
         self.metrics.promotion_failures.labels(reason).inc()
 
 
-def _manifest_bytes(path: Path) -> bytes | None:
-    """The manifest's bytes when it is a regular file within the manifest limit."""
+def _manifest_sha256(path: Path) -> str | None:
+    """The sha256 of the manifest, streamed (never through a symlink), None if unreadable."""
+    digest = hashlib.sha256()
     try:
         with open(path, "rb", opener=_nofollow) as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return None
-            data = fh.read(DEFAULT_LIMITS.max_bytes + 1)
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
     except OSError:
         return None
-    return data if len(data) <= DEFAULT_LIMITS.max_bytes else None
+    return digest.hexdigest()
 
 
 def _nofollow(path: str, flags: int) -> int:
