@@ -78,8 +78,9 @@ EXIT_CODES = """exit codes:
   0    success, or nothing to do
   1    the work failed: under --once a rejected bundle, a transient error or a reload
        that failed after its retries; a failed rollback; stage when a bundle is
-       already staged or staging is not empty
-  2    usage or configuration error
+       already staged or staging is not empty; stage or push refusing a bundle; push
+       when the registry fails
+  2    usage or configuration error (push: a bad REGISTRY/REPO:TAG or signing key)
   130  interrupted (Ctrl-C); stage removes what it had copied"""
 
 
