@@ -1,6 +1,7 @@
 """The reliability campaign at any size; prints a table of figures (docs/reliability.md).
 
-    uv run python -m benchmarks.chaos --kills 1000 --promotions 500 --hostile 1000
+    uv run python -m benchmarks.chaos --kills 1000 --promotions 500 --hostile-bundles 1000
+    uv run python -m benchmarks.chaos --hostile --hostile-examples 100
 
 - crash: SIGKILL of the real daemon at random instants while a producer stages bundles
   of three shapes (one 200 MB file, 5,000 small files, nested directories); kills land
@@ -11,6 +12,10 @@
 - torn reads: readers resolve current once and read every file of it during promotions.
 - concurrency: three daemons and a stream of CLI rollbacks on one volume.
 - hostile bundles and injected faults: the hypothesis and fault tests at the given size.
+- ``--hostile`` runs only the adversarial suite (tests/adversarial: the producer, the
+  operator and a damaged volume as attackers) with ``--hostile-examples`` cases per
+  property instead of CI's 25, and prints the cases generated per attacker and property,
+  the failures, the known bugs (strict xfails) and the stop-signal-to-exit times.
 
 Only 127.0.0.1 is used. Violations are counted, not raised; the command exits 1 if any.
 """
@@ -18,15 +23,18 @@ Only 127.0.0.1 is used. Violations are counted, not raised; the command exits 1 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -224,24 +232,88 @@ def pytest_figures(path: str, **env: str) -> dict[str, Any]:
             "exit": out.returncode}
 
 
+ATTACKERS = ("producer", "operator", "damaged_volume")
+
+
+def _junit_outcomes(path: Path) -> dict[str, list[str]]:
+    """Test ids by outcome (passed, failed, xfailed, skipped) from a JUnit report, and the
+    start of each failure's message (``details``)."""
+    out: dict[str, list[str]] = {"passed": [], "failed": [], "xfailed": [], "skipped": [],
+                                 "details": []}
+    for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314 - our own report
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        if failure is not None:
+            out["failed"].append(name)
+            text = failure.text or failure.get("message", "")
+            found = [line for line in text.splitlines() if line.startswith("E ")]
+            out["details"].append(f"{name}: " + " | ".join(found[:12])[:1500])
+        elif (skipped := case.find("skipped")) is not None:
+            out["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"].append(name)
+        else:
+            out["passed"].append(name)
+    return out
+
+
+def hostile_campaign(examples: int, tmp: Path) -> dict[str, Any]:
+    """The adversarial suite with ``examples`` cases per property; cases counted by the
+    suite itself (HOSTILE_REPORT), outcomes read from a JUnit report."""
+    report, junit = tmp / "cases.jsonl", tmp / "adversarial.xml"
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/adversarial",
+         f"--junitxml={junit}", "-o", "junit_logging=system-out", "-s"],
+        cwd=ROOT, env={**os.environ, "HOSTILE_EXAMPLES": str(examples),
+                       "HOSTILE_REPORT": str(report)},
+        capture_output=True, text=True, check=False)
+    cases: dict[str, collections.Counter[str]] = {a: collections.Counter() for a in ATTACKERS}
+    for line in report.read_text().splitlines() if report.exists() else []:
+        record = json.loads(line)
+        cases[record["attacker"]][record["test"]] += 1
+    outcomes = _junit_outcomes(junit) if junit.exists() else {"failed": ["no report"]}
+    stops = re.findall(r"(SIG[A-Z]+) to exit: ([0-9.]+) s", out.stdout)
+    return {"examples per property": examples,
+            "cases per attacker": {a: sum(c.values()) for a, c in cases.items()},
+            "cases per property": {a: dict(c) for a, c in cases.items()},
+            "failures": outcomes.get("failed", []),
+            "failure details": outcomes.get("details", []),
+            "known bugs (xfail strict)": outcomes.get("xfailed", []),
+            "passed": len(outcomes.get("passed", [])),
+            "stop signal to exit (s)": {sig: float(t) for sig, t in stops},
+            "pytest": out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr,
+            "exit": out.returncode, "seconds": round(time.monotonic() - started)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--promotions", type=int, default=500)
-    parser.add_argument("--hostile", type=int, default=1000)
+    parser.add_argument("--hostile-bundles", type=int, default=1000,
+                        help="examples of tests/reliability/test_hostile_bundles.py")
+    parser.add_argument("--hostile", action="store_true",
+                        help="run only the adversarial suite (tests/adversarial)")
+    parser.add_argument("--hostile-examples", type=int, default=100,
+                        help="cases per property of the adversarial suite")
     parser.add_argument("--race-bundles", type=int, default=100)
     parser.add_argument("--seed", type=int, default=20261130)
     args = parser.parse_args()
     started = time.monotonic()
+    if args.hostile:
+        with tempfile.TemporaryDirectory() as tmp:
+            hostile = hostile_campaign(args.hostile_examples, Path(tmp))
+        print(json.dumps(hostile, indent=2))
+        return 1 if hostile["exit"] or hostile["failures"] else 0
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         figures = {
             "crash": crash_campaign(args.kills, args.seed, base),
             "torn reads": torn_reads(args.promotions, base),
             "concurrency": concurrency(args.race_bundles, base),
-            "hostile bundles": {"examples": args.hostile, **pytest_figures(
+            "hostile bundles": {"examples": args.hostile_bundles, **pytest_figures(
                 "tests/reliability/test_hostile_bundles.py",
-                SIDECAR_HOSTILE_EXAMPLES=str(args.hostile))},
+                SIDECAR_HOSTILE_EXAMPLES=str(args.hostile_bundles))},
             "faults": pytest_figures("tests/reliability/test_faults.py"),
         }
     figures["duration_s"] = round(time.monotonic() - started)
