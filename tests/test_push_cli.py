@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from registry import Registry
 from test_signing import Keygen, make_keypair
 
@@ -172,3 +174,19 @@ def test_push_help_names_its_arguments_and_exit_codes() -> None:
     for word in ("BUNDLE_DIR", "REGISTRY/REPO:TAG", "--sign", "REGISTRY_AUTH_FILE", "130"):
         assert word in text, word
     assert "--models-root" not in text
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=120) | st.from_regex(r"[a-z0-9.:]{1,20}/[a-zA-Z0-9/_.:@-]{0,60}"))
+def test_any_target_is_parsed_or_refused_by_name(text: str) -> None:
+    """Whatever the target text, parse_target returns a tagged target or a ConfigError
+    naming REGISTRY/REPO:TAG (never another exception, never a digest target)."""
+    from service.errors import ConfigError
+    from service.publish import parse_target
+
+    try:
+        target = parse_target(text)
+    except ConfigError as exc:
+        assert "REGISTRY/REPO:TAG" in str(exc)
+    else:
+        assert target.tag and "@" not in text
