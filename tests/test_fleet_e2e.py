@@ -74,14 +74,18 @@ def current(models: Path) -> str | None:
 
 
 def follow(
-    start_daemon: Callable[..., SidecarProcess], models: Path, reg: Registry, trusted: Path
+    start_daemon: Callable[..., SidecarProcess],
+    models: Path,
+    reg: Registry,
+    trusted: Path,
+    poll: str = "5",
 ) -> SidecarProcess:
     daemon = start_daemon(
         models,
         "--no-reload",
         SOURCE=f"oci://{reg.host}/{REPO}:stable",
         SOURCE_INSECURE=reg.host,
-        SOURCE_POLL_SECONDS="5",
+        SOURCE_POLL_SECONDS=poll,
         TRUSTED_KEYS_FILE=str(trusted),
         REGISTRY_AUTH_FILE=str(models.parent / "none.json"),
     )
@@ -159,3 +163,30 @@ def test_sidecar_follows_a_signed_tag(
     assert [(e["reason"], e.get("digest")) for e in rejected] == [("signature_invalid", v3)]
     failed = [e for e in events if e["event"] == "pulled" and e["outcome"] == "failure"]
     assert [(e["digest"], e["reason"]) for e in failed] == [(v4, "digest_mismatch")]
+
+
+def test_rollback_clears_source_up_to_date(
+    tmp_path: Path,
+    models: Path,
+    registry: Registry,
+    keygen: Keygen,
+    start_daemon: Callable[..., SidecarProcess],
+) -> None:
+    """A manual rollback away from the tag's version sets source_up_to_date to 0 without
+    waiting for the next check; the version stays rolled back (its digest is known)."""
+    private, public = keygen("publisher")
+    publish(tmp_path, registry, "v1", private)
+    daemon = follow(start_daemon, models, registry, public)
+    wait_for(lambda: current(models) == "v1", DEADLINE, "v1 promoted")
+    publish(tmp_path, registry, "v2", private)
+    wait_for(lambda: current(models) == "v2", DEADLINE, "v2 promoted")
+    assert daemon.stop() == 0
+    # One check at start, the next a day later: what follows comes from the rollback.
+    daemon = follow(start_daemon, models, registry, public, poll="86400")
+    daemon.wait_metric("model_sidecar_source_up_to_date", lambda v: v == 1, DEADLINE)
+    out = run_cli("rollback", env=base_env(models))
+    assert out.returncode == 0, out.stderr
+    daemon.wait_metric("model_sidecar_source_up_to_date", lambda v: v == 0, DEADLINE)
+    assert daemon.metric("model_sidecar_source_checks_total") == 1
+    assert current(models) == "v1"
+    assert daemon.stop() == 0
