@@ -28,8 +28,8 @@ from service.manifest_reader import read_manifest as read_manifest_stream
 from service.progress import Progress
 from service.signing import StreamVerifier, TrustedKeys, signature_of
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 HASH_WORKERS = min(4, os.cpu_count() or 1)
 
 

@@ -385,10 +385,12 @@ def _cmd_push(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     from service.lockfile import read_daemon
+    from service.placement import check_placement
     from service.status import check_root, collect, render_text
 
     layout = Layout.from_config(config)
     check_root(layout)  # not placement.check_volume: status needs read access only
+    check_placement(config)
     now = time.time()
     state = collect(layout, now, read_daemon(layout))
     print(json.dumps(state, indent=2, sort_keys=True) if args.json else render_text(state, now))

@@ -21,7 +21,7 @@ from service.errors import ConfigError
 from service.interval import DEFAULT_INTERVAL, check_interval
 from service.tokens import parse_token_setting
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("auto", "text", "json")
 RELOAD_METHODS = ("POST", "PUT", "PATCH", "GET")

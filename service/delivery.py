@@ -70,6 +70,7 @@ class ReloadDelivery:
 
     def set_pending(self, name: str, previous: str | None, rollback_allowed: bool) -> None:
         """Record that the model server must (re)load name; replaces an older one."""
+        self.pending()  # a damaged file is kept aside and counted before it is replaced
         if not self.record_pending:
             self.layout.pending_reload.unlink(missing_ok=True)
             return

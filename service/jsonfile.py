@@ -40,7 +40,10 @@ def load_json(path: Path, max_bytes: int = MAX_STATE_BYTES) -> object | None:
         raise StateDamaged(f"{path} is a directory, not a file") from None
     if len(data) > max_bytes:
         raise StateDamaged(f"{path} is larger than {max_bytes} bytes")
-    return parse_json(data, str(path))
+    value = parse_json(data, str(path))
+    if value is None:  # None means "no file" to the callers: a file of null is damage
+        raise StateDamaged(f"{path} holds null, not a state record")
+    return value
 
 
 def damaged_name(path: Path, now: float) -> Path:

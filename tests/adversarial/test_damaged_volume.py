@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, base_env, run_cli, wait_for
 from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
 
 from service.naming import timestamp_name
+from tests.support import SidecarProcess, base_env, run_cli, wait_for
 
 from .support import Volume, count_case, digest, hostile, make_volume, scratch, write_files
 
@@ -84,14 +84,6 @@ unknown_action = (
 HUGE = b"[" + b"0," * 600_000 + b"0]"  # valid JSON, larger than any state file may be
 
 
-def json_null(data: bytes) -> bool:
-    """Whether data is the JSON value null: main takes it for "no file" (xfail below)."""
-    try:
-        return json.loads(data) is None
-    except (ValueError, RecursionError):
-        return False
-
-
 garbage = st.one_of(
     st.binary(max_size=300),
     json_values.map(lambda v: json.dumps(v).encode()),
@@ -106,9 +98,10 @@ garbage = st.one_of(
             b"",
             b"{",
             b"[null]",
+            b"null",
         ]
     ),
-).filter(lambda data: not json_null(data))
+)
 STATE_FILES = ["intent.json", "reload-pending.json"]
 
 
@@ -123,23 +116,9 @@ def with_current(base: Path) -> Volume:
     return volume
 
 
-PENDING_BUG = (
-    "bug in main: service/jobs/promote.py Promoter._finish_promote calls "
-    "ReloadDelivery.set_pending (service/delivery.py), which unlinks (reload "
-    "disabled) or atomically replaces (reload enabled) a damaged "
-    ".sidecar/reload-pending.json before _deliver() reads it: when a bundle is "
-    "promoted in the same pass the damaged file is neither kept nor counted"
-)
-
-
 @pytest.mark.parametrize(
     "name",
-    [
-        "intent.json",
-        pytest.param(
-            "reload-pending.json", marks=pytest.mark.xfail(strict=True, reason=PENDING_BUG)
-        ),
-    ],
+    ["intent.json", "reload-pending.json"],
 )
 def test_a_damaged_state_file_is_kept_counted_and_the_bundle_still_promoted(name: str) -> None:
     """A damaged state file is kept aside, counted once, and the staged bundle promoted."""
@@ -164,15 +143,6 @@ def test_a_damaged_state_file_is_kept_counted_and_the_bundle_still_promoted(name
     check()
 
 
-NULL_BUG = (
-    "bug in main: service/jsonfile.py load_json returns None both for a missing file "
-    "and for a file holding the JSON value null, so service/journal.py read() and "
-    "service/delivery.py _read_pending take a state file reading `null` for no file: "
-    "it is neither kept aside nor counted (the next write silently replaces it)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NULL_BUG)
 @pytest.mark.parametrize("name", STATE_FILES)
 def test_a_state_file_holding_null_is_kept_and_counted(name: str, tmp_path: Path) -> None:
     """`null` is not a journal entry nor a pending reload: kept aside and counted."""
@@ -345,7 +315,7 @@ def identities(staging: Path) -> dict[str, tuple[int, int, int, int]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_stop_signal_during_validation_returns_the_bundle_and_exits_0(
-    sig: signal.Signals, models: Path, start_daemon: Callable[..., Daemon]
+    sig: signal.Signals, models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """SIGTERM/SIGHUP mid-hash: exit 0, signal logged, staged entries untouched, promoted later."""
     count_case("damaged_volume")

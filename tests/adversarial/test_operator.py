@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, require_tool, wait_for
 from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
+
+from tests.support import SidecarProcess, require_tool, wait_for
 
 from .support import ROOT, Volume, count_case, digest, hostile, make_volume, scratch, write_files
 
@@ -62,18 +63,13 @@ path_like = st.sampled_from(
 VERSION = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
-def newline_bug(name: str) -> bool:
-    """A valid name plus a trailing newline: main accepts it (see the xfail below)."""
-    return name.endswith("\n") and VERSION.match(name[:-1]) is not None
-
-
 texts = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=200
 ).filter(lambda s: VERSION.match(s) is None)
 
 
 @hostile(0.4)
-@given(name=(path_like | texts).filter(lambda s: not newline_bug(s)))
+@given(name=path_like | texts)
 @example(name="../rejected/{rejected}")
 @example(name="../../outside")
 def test_rollback_to_a_path_like_or_invalid_name_exits_2_and_changes_nothing(name: str) -> None:
@@ -92,12 +88,6 @@ def test_rollback_to_a_path_like_or_invalid_name_exits_2_and_changes_nothing(nam
         assert digest(base) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in main: service/bundle.py VERSION_RE ends in $, "
-    "which matches before a trailing newline, so is_valid_version('v1\\n') is "
-    "True; Promoter.rollback lets 'v1\\n' through (exit 1: no such version)",
-)
 def test_rollback_to_a_name_with_a_trailing_newline_exits_2(tmp_path: Path) -> None:
     """`rollback $'v1\\n'` is not a version name: exit 2, current unchanged."""
     volume = promoted_volume(tmp_path)
@@ -176,13 +166,7 @@ def named(text: str, path: Path) -> bool:
     return str(path) in text or os.path.realpath(path) in text
 
 
-STATUS_BUG = (
-    "bug in main: service/cli.py _cmd_status checks only status.check_root (read "
-    "access), never placement.check_placement: STAGING_DIR=$MODELS_ROOT/versions/y, "
-    "CURRENT_LINK outside the root or a symlinked versions/ exit 0 and show the wrong "
-    "paths; SPEC 8 checks placement at start with exit 2"
-)
-KNOWN_BUGS = {"status": STATUS_BUG}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def commands(names: list[str]) -> list[Any]:
@@ -337,7 +321,7 @@ def test_a_models_root_the_process_cannot_write_exits_2_naming_uid_and_gid(
 
 @pytest.mark.slow
 def test_a_second_daemon_warns_naming_the_first_ones_pid(
-    models: Path, start_daemon: Callable[..., Daemon]
+    models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """Two daemons on one volume: the second logs a warning with the first one's pid."""
     first = start_daemon(models, "--poll-interval", "60")

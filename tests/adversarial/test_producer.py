@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
@@ -477,12 +476,6 @@ def test_ready_of_any_kind_is_taken_last_and_never_wedges(kind: str, count: int)
         assert volume.promoter.run_pass(wait=True).version == "next"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in main: service/bundle.py VERSION_RE ends in $ "
-    "(re.match), which matches before a trailing newline: a manifest version "
-    "'v1\\n' is promoted as versions/'v1\\n', split log lines and status",
-)
 def test_a_manifest_version_with_a_trailing_newline_is_manifest_invalid(tmp_path: Path) -> None:
     """`{"version": "v1\\n"}` does not match the version rule: manifest_invalid."""
     volume = make_volume(tmp_path)
