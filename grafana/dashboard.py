@@ -1,4 +1,6 @@
-"""Generates grafana/dashboards/forecaster-sidecar.json (stdlib only).
+"""Generates grafana/dashboards/forecaster-sidecar.json (one sidecar at a time) and
+grafana/dashboards/forecaster-fleet.json (every sidecar that follows a SOURCE tag; its
+"Fleet" row) (stdlib only).
 
     python grafana/dashboard.py            # rewrite the JSON
     python grafana/dashboard.py --check    # exit 1 if the committed JSON is stale
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).parent / "dashboards" / "forecaster-sidecar.json"
+FLEET_OUT = Path(__file__).parent / "dashboards" / "forecaster-fleet.json"
 S = 'job=~"$job", instance=~"$instance", pod=~"$pod"'
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -114,6 +117,59 @@ PANELS: list[dict[str, Any]] = [
 ]
 
 
+F = 'job=~"$job"'
+
+FLEET_PANELS: list[dict[str, Any]] = [
+    {"type": "row", "title": "Fleet", "collapsed": False, "datasource": DS, "targets": [],
+     "description": "Sidecars that follow a registry tag (SOURCE): what they serve, how "
+                    "far behind the tag they are, what their pulls cost and why they fail."},
+    panel("timeseries", "Instances per version",
+          "How many sidecars serve each version (count of current_version_info). During a "
+          "rollout the new version's line rises as the old one falls; two lines that stay "
+          "apart for long is a split fleet (alert ModelFleetSplit).",
+          [target(f"count by (version) (model_sidecar_current_version_info{{{F}}})",
+                  "{{version}}")]),
+    panel("timeseries", "Instances behind the tag's digest",
+          "Sidecars whose current version did not come from the digest their SOURCE tag "
+          "names now (source_up_to_date == 0), against all that follow a tag. 0 when "
+          "every node serves the tag.",
+          [target(f"count(model_sidecar_source_up_to_date{{{F}}} == 0) or vector(0)", "behind"),
+           target(f"count(model_sidecar_source_up_to_date{{{F}}})", "following a tag", "B")]),
+    panel("timeseries", "Minutes behind the tag, last hour",
+          "Per instance, how many of the last 60 minutes it served something other than "
+          "the tag's digest. A node stuck at 60 does not converge: see its pull failures "
+          "and promotion failures (a rejected bundle is never pulled again).",
+          [target(f"sum_over_time((model_sidecar_source_up_to_date{{{F}}} == bool 0)[1h:1m])",
+                  "{{instance}}")], unit="m"),
+    panel("timeseries", "Digest each tag names",
+          "How many sidecars see each digest at their last check: while a tag moves, "
+          "nodes that have not checked yet still see the old one.",
+          [target(f"count by (digest) (model_sidecar_source_digest_info{{{F}}})",
+                  "{{digest}}")]),
+    panel("timeseries", "Pull failures by reason",
+          "Failed checks and downloads: connection (registry down or unreachable), auth "
+          "(credentials), not_found (no such tag), digest_mismatch (bytes that do not match "
+          "their digest: a corrupted or tampered artifact), io_error (the node's volume).",
+          [target(f"sum by (reason) (increase(model_sidecar_pull_failures_total{{{F}}}"
+                  "[$__rate_interval]))", "{{reason}}")]),
+    panel("timeseries", "Pull bytes",
+          "Bytes received from the registry by the whole fleet (the registry's egress) and "
+          "by the busiest instance. Layers that current already holds are not downloaded.",
+          [target(f"sum(rate(model_sidecar_pull_bytes_total{{{F}}}[$__rate_interval]))",
+                  "fleet"),
+           target(f"topk(1, rate(model_sidecar_pull_bytes_total{{{F}}}[$__rate_interval]))",
+                  "busiest: {{instance}}", "B")], unit="Bps"),
+    panel("timeseries", "Pulls by outcome",
+          "Downloads started after the tag moved (not the checks), by outcome.",
+          [target(f"sum by (outcome) (increase(model_sidecar_pulls_total{{{F}}}"
+                  "[$__rate_interval]))", "{{outcome}}")]),
+    panel("timeseries", "Registry checks per second",
+          "One HEAD request per check, per node: about nodes / SOURCE_POLL_SECONDS.",
+          [target(f"sum(rate(model_sidecar_source_checks_total{{{F}}}[$__rate_interval]))",
+                  "checks/s")]),
+]
+
+
 def variable(name: str, query: str, label: str) -> dict[str, Any]:
     return {"name": name, "label": label, "type": "query", "datasource": DS,
             "query": {"query": query, "refId": name}, "definition": query, "refresh": 2,
@@ -155,11 +211,43 @@ def dashboard() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    return json.dumps(dashboard(), indent=2, sort_keys=True) + "\n"
+def fleet_dashboard() -> dict[str, Any]:
+    return {
+        "uid": "forecaster-fleet",
+        "title": "forecaster-sidecar fleet",
+        "tags": ["forecaster", "models", "sidecar", "fleet"],
+        "description": "Every sidecar following a registry tag (SOURCE): versions served, "
+                       "convergence on the tag, pull failures and bytes.",
+        "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
+        "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
+        "timezone": "utc",
+        "templating": {"list": [
+            {"name": "datasource", "label": "Data source", "type": "datasource",
+             "query": "prometheus", "current": {}, "hide": 0},
+            variable("job", "label_values(model_sidecar_source_checks_total, job)", "Job"),
+        ]},
+        "annotations": {"list": []},
+        "panels": fleet_layout(FLEET_PANELS),
+    }
 
+
+def fleet_layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The row across the top, then the panels two to a row."""
+    out = [{**panels[0], "id": 1, "gridPos": {"x": 0, "y": 0, "w": 24, "h": 1}}]
+    for i, p in enumerate(panels[1:]):
+        out.append({**p, "id": i + 2,
+                    "gridPos": {"x": 12 * (i % 2), "y": 1 + 8 * (i // 2), "w": 12, "h": 8}})
+    return out
+
+
+def render(board: dict[str, Any] | None = None) -> str:
+    return json.dumps(board or dashboard(), indent=2, sort_keys=True) + "\n"
+
+
+OUTPUTS = ((OUT, dashboard), (FLEET_OUT, fleet_dashboard))
 
 if __name__ == "__main__":
     if "--check" in sys.argv:
-        sys.exit(0 if OUT.read_text() == render() else 1)
-    OUT.write_text(render())
+        sys.exit(0 if all(out.read_text() == render(make()) for out, make in OUTPUTS) else 1)
+    for out, make in OUTPUTS:
+        out.write_text(render(make()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -19,6 +21,9 @@ from service.placement import check_volume
 from service.progress import Progress
 from service.reload import Reloader
 from service.startline import start_message
+
+if TYPE_CHECKING:
+    from service.jobs.pull import PullJob
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +46,42 @@ def log_start(config: Config, promoter: Promoter) -> None:
     if config.reload_token_file is not None and not config.reload_token_file.exists():
         log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) "
                     "until it does", config.reload_token_file)
-    if config.reload_token_file is not None and not config.reload_token_file.exists():
-        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail until it does",
-                    config.reload_token_file)
+
+
+def check_trusted_keys(config: Config) -> None:
+    """TRUSTED_KEYS_FILE is read at start: an invalid one is a ConfigError (exit 2)."""
+    if config.trusted_keys_file is not None:
+        from service import signing  # PyNaCl stays out of a sidecar without signatures
+
+        keys = signing.load_trusted_keys(config.trusted_keys_file)
+        log.info("signatures required: %d trusted key(s) in %s", len(keys.keys), keys.path)
+
+
+def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | None:
+    """The pull job of SOURCE (SPEC 12), None when SOURCE is not set."""
+    if config.source is None:
+        return None
+    from service.jobs.pull import PullJob, PullPaths
+    from service.oci.client import RegistryClient
+    from service.oci.reference import source_reference
+    from service.pull_metrics import PullMetrics
+
+    ref = source_reference(config.source)
+    client = RegistryClient(ref.registry, ref.repository,
+                            insecure=frozenset(config.source_insecure),
+                            auth_file=config.registry_auth_file or default_auth_file())
+    paths = PullPaths(config.models_root, config.staging_dir, config.current_link,
+                      config.manifest_name)
+    return PullJob(paths, ref, client, PullMetrics(registry))
+
+
+def default_auth_file() -> Path:
+    return Path.home() / ".docker" / "config.json"
 
 
 def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
     """One pass (recovery, promotion, pending reload); exit 1 when its work failed."""
+    check_trusted_keys(config)
     check_volume(config, create=True)
     promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
     log_start(config, promoter)
@@ -72,9 +106,11 @@ def _claim_volume(config: Config, layout: Layout) -> lockfile.DaemonLock:
 def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
     from service.scheduler import Daemon
 
+    check_trusted_keys(config)
     check_volume(config, create=True)
     layout = Layout.from_config(config)
     volume.ensure_dirs(layout)
+    pull = build_pull_job(config, registry)
     health = Health(clock=time.time)
     progress = Progress(on_progress=health.progress)  # a long hash is progress
     promoter = build_promoter(config, registry, progress)
@@ -87,6 +123,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
                  server.server_port)
     lock = _claim_volume(config, layout)
     daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
+    daemon.pull, daemon.pull_seconds = pull, config.source_poll_seconds
     watcher = None
     if config.watch:
         from service.watch import start_watch

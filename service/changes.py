@@ -80,7 +80,8 @@ class JournalledChanges:
         self.delivery.set_pending(name, intent.previous, rollback_allowed=True)
         duration = max(self.clock() - intent.claim.claimed, 0.0)
         self._record_once(history.make_event("promoted", name, self.clock, duration_seconds=round(
-            duration, 6), previous=intent.previous))
+            duration, 6), previous=intent.previous, digest=intent.digest))
+        self._remember(intent.digest, "promoted", name)
         self.metrics.promotions.labels(OUTCOME_LABELS["promoted"]).inc()
         self.metrics.promotion_duration.observe(duration)
         self.metrics.last_success.set(self.clock())
@@ -95,7 +96,9 @@ class JournalledChanges:
             volume.publish_dir(self.layout.incoming, self.layout.rejected / intent.name, False)
         self._release(intent.claim)
         self._record_once(history.make_event("rejected", intent.name, self.clock,
-                                             reason=intent.reason, detail=intent.detail))
+                                             reason=intent.reason, detail=intent.detail,
+                                             digest=intent.digest))
+        self._remember(intent.digest, "rejected", None)
         self.metrics.promotions.labels(OUTCOME_LABELS["rejected"]).inc()
         self.metrics.promotion_failures.labels(intent.reason).inc()
         self.retention_due = True
@@ -118,6 +121,15 @@ class JournalledChanges:
                                              previous=intent.previous, trigger=intent.trigger))
         log.warning("rolled back to %s (from %s, trigger %s)", intent.name,
                     intent.previous or "nothing", intent.trigger)
+
+    def _remember(self, digest: str | None, outcome: str, version: str | None) -> None:
+        """A pulled bundle's verdict, so that its digest is never pulled again."""
+        if digest is None:
+            return
+        from service.jobs.pull import record_outcome  # only for bundles the pull job staged
+
+        with doing(f"recording the {outcome} digest {digest}"):
+            record_outcome(self.layout.state, digest, outcome, version, self.clock)
 
     def _record_once(self, record: history.Event) -> None:
         """Append to history unless a crash-interrupted pass already did."""

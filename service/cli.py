@@ -1,4 +1,5 @@
-"""The command line: ``run [--once]``, ``stage``, ``status``, ``rollback``, ``help``.
+"""The command line: ``run [--once]``, ``stage``, ``push``, ``status``, ``rollback``,
+``help``.
 
 This is the only module that turns errors into exit codes: 0 success or nothing to do,
 1 the work failed, 2 usage or configuration error, 130 interrupted. The options' help
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service")
 PROG = "forecaster-sidecar"
-COMMANDS = ("run", "stage", "status", "rollback")
+COMMANDS = ("run", "stage", "push", "status", "rollback")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # What each setting means, for --help. Its variable, flag and default are not repeated
@@ -77,8 +78,9 @@ EXIT_CODES = """exit codes:
   0    success, or nothing to do
   1    the work failed: under --once a rejected bundle, a transient error or a reload
        that failed after its retries; a failed rollback; stage when a bundle is
-       already staged or staging is not empty
-  2    usage or configuration error
+       already staged or staging is not empty; stage or push refusing a bundle; push
+       when the registry fails
+  2    usage or configuration error (push: a bad REGISTRY/REPO:TAG or signing key)
   130  interrupted (Ctrl-C); stage removes what it had copied"""
 
 
@@ -163,7 +165,12 @@ def _add_setting(parser: argparse.ArgumentParser, key: str) -> None:
 
 
 def _command(
-    sub: Any, name: str, summary: str, keys: Sequence[str], epilog: str = EXIT_CODES
+    sub: Any,
+    name: str,
+    summary: str,
+    keys: Sequence[str],
+    epilog: str = EXIT_CODES,
+    volume: Sequence[str] = VOLUME,
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
@@ -172,9 +179,19 @@ def _command(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for key in (*VOLUME, *keys, *LOGGING):
+    for key in (*volume, *keys, *LOGGING):
         _add_setting(parser, key)
     return parser
+
+
+SIGN_HELP = (
+    "sign the manifest with this Ed25519 private key (PEM, PKCS#8: openssl genpkey "
+    "-algorithm ed25519); writes <manifest>.sig"
+)
+PUSH_EPILOG = f"""Credentials come from REGISTRY_AUTH_FILE (default ~/.docker/config.json),
+never from a flag; a registry named in SOURCE_INSECURE is reached over plain HTTP.
+
+{EXIT_CODES}"""
 
 
 MAIN_EPILOG = f"""The command's options may come before or after it:
@@ -212,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V",
         help="the version name written into the manifest",
     )
+    stage.add_argument("--sign", metavar="KEY", help=SIGN_HELP)
+    push = _command(
+        sub,
+        "push",
+        "push a bundle to a registry tag (one layer per file), optionally signed",
+        (),
+        PUSH_EPILOG,
+        volume=(),
+    )
+    push.add_argument("bundle_dir", metavar="BUNDLE_DIR", help="the bundle to push")
+    push.add_argument("target", metavar="REGISTRY/REPO:TAG", help="where to push it")
+    push.add_argument("--sign", metavar="KEY", help=SIGN_HELP)
     status = _command(sub, "status", "show the volume: versions, daemon, pending work", ())
     status.add_argument(
         "--json", action="store_true", help="print JSON (schema forecaster-sidecar/status/v1)"
@@ -323,6 +352,7 @@ def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
             Layout.from_config(config),
             args.bundle_version,
             progress=progress,
+            sign=None if args.sign is None else Path(args.sign),
         )
     finally:
         if progress is not None:
@@ -330,7 +360,26 @@ def _cmd_stage(config: Config, args: argparse.Namespace) -> int:
     version = printable(staged.version) if staged.version else "named at promotion"
     what = f"{count(staged.files, 'file')}, {size_text(staged.total_bytes)}, version {version}"
     where = printable(str(config.staging_dir))
-    print(f"staged {what}, into {where} (root {printable(str(config.models_root))})")
+    signed = ", signed" if args.sign else ""
+    print(f"staged {what}{signed}, into {where} (root {printable(str(config.models_root))})")
+    return EXIT_OK
+
+
+def _cmd_push(config: Config, args: argparse.Namespace) -> int:
+    from service.publish import parse_target, push, settle
+    from service.status import printable
+
+    target = parse_target(args.target)
+    src = Path(args.bundle_dir)
+    sign = None if args.sign is None else Path(args.sign)
+    overrides = settle(src, config.manifest_name, sign)
+    auth = config.registry_auth_file or Path.home() / ".docker" / "config.json"
+    result = push(src, target, overrides, insecure=frozenset(config.source_insecure),
+                  auth_file=auth)
+    where = printable(f"{target.registry}/{target.repository}:{target.tag}")
+    print(f"pushed {where} {result.digest}{', signed' if sign else ''}: "
+          f"{result.layers} layers, {result.uploaded} uploaded, "
+          f"{result.skipped} already in the registry")
     return EXIT_OK
 
 
@@ -357,6 +406,7 @@ def _cmd_rollback(config: Config, args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "run": _cmd_run,
     "stage": _cmd_stage,
+    "push": _cmd_push,
     "status": _cmd_status,
     "rollback": _cmd_rollback,
 }

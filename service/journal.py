@@ -9,6 +9,7 @@ recovery code only ever sees a well-formed :data:`Intent`; anything else is
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from service.errors import REJECTION_REASONS, StateDamaged
 
 Trigger = Literal["manual", "reload_failure"]
 TRIGGERS: tuple[Trigger, ...] = ("manual", "reload_failure")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Promote:
     previous: str | None
     claim: Claim
     time: float
+    digest: str | None = None  # the registry digest a pulled bundle came from
     action: Literal["promote"] = "promote"
 
 
@@ -47,6 +50,7 @@ class Reject:
     detail: str
     claim: Claim
     time: float
+    digest: str | None = None
     action: Literal["reject"] = "reject"
 
 
@@ -75,6 +79,8 @@ def to_json(intent: Intent) -> dict[str, object]:
     claim = record.pop("claim", None)
     if isinstance(claim, dict):
         record.update(claim)
+    if record.get("digest", "") is None:
+        del record["digest"]  # a bundle not pulled: the journal of earlier releases
     return record
 
 
@@ -112,6 +118,15 @@ def _name(raw: dict[str, object], key: str, optional: bool = False) -> str | Non
     return value
 
 
+def _digest(raw: dict[str, object]) -> str | None:
+    value = raw.get("digest")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not DIGEST_RE.match(value):
+        raise ValueError("digest is not sha256:<64 lowercase hex>")
+    return value
+
+
 def _claim(raw: dict[str, object]) -> Claim:
     ready = raw.get("ready")
     if ready is not None:
@@ -136,13 +151,13 @@ def _parse(raw: object) -> Intent:
     name = _name(raw, "name")
     assert name is not None
     if action == "promote":
-        return Promote(name, _name(raw, "previous", True), _claim(raw), when)
+        return Promote(name, _name(raw, "previous", True), _claim(raw), when, _digest(raw))
     if action == "reject":
         reason, detail = raw.get("reason"), _field(raw, "detail", str)
         if reason not in REJECTION_REASONS:
             raise ValueError("reason is not a rejection reason")
         assert isinstance(reason, str) and isinstance(detail, str)
-        return Reject(name, reason, detail, _claim(raw), when)
+        return Reject(name, reason, detail, _claim(raw), when, _digest(raw))
     if action == "adopt":
         return Adopt(name, when)
     if action == "rollback":

@@ -15,10 +15,11 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -33,8 +34,13 @@ from service.metrics import Metrics
 from service.progress import Progress
 from service.watch import Watch
 
+if TYPE_CHECKING:
+    from service.jobs.pull import PullJob, PullResult
+
 log = logging.getLogger(__name__)
 JOB_ID = "promote"
+PULL_JOB_ID = "pull"
+PULL_STOP_GRACE = 1.5  # seconds a stop waits for a pull to reach its next chunk
 STOP_GRACE = 3.0  # seconds a stop waits for a reload in flight (SPEC 9: exit within 5 s)
 
 
@@ -51,11 +57,18 @@ class Daemon:
         self.clock = clock
         self.interval = promoter.interval()
         self.watch: Watch | None = None
+        self.pull: PullJob | None = None  # SOURCE set: the second job (SPEC 12)
+        self.pull_seconds = 60.0
+        self._pulling = threading.Lock()
+        self._source_digest: str | None = None
+        self._source_current: str | None = "\x00unknown"
         # One worker thread, blocked on its queue when idle. (APScheduler's DebugExecutor
         # would save it, but a shutdown during a pass in the scheduler's own thread makes
         # APScheduler 3 raise JobLookupError when it updates the removed job.)
         self.scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            # The pull job has its own thread: a download never delays a promotion.
+            executors={"default": ThreadPoolExecutor(max_workers=1),
+                       "pull": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -77,9 +90,46 @@ class Daemon:
             self.watch.rearm()
             if result.outcome in ("promoted", "rejected") and self.promoter.layout.ready.exists():
                 self.wake()  # the next bundle arrived during this pass; its event was spent
+        self._update_source_state()
         return self.promoter.interval()
 
+    def pull_once(self) -> None:
+        """The pull job's run; a bundle it staged wakes the promotion job."""
+        assert self.pull is not None
+        with self._pulling:
+            result = self.pull.run()
+        self._after_pull(result)
+
+    def _after_pull(self, result: PullResult) -> None:
+        if result.digest is not None:
+            self._source_digest = result.digest
+            self._source_current = "\x00unknown"  # the pull job set up_to_date itself
+        if result.outcome == "staged":
+            self.wake()
+
+    def _update_source_state(self) -> None:
+        """source_up_to_date follows a promotion or rollback at once, not at the next
+        check (SPEC 12: 1 when current came from the digest the reference now names)."""
+        if self.pull is None or self._source_digest is None:
+            return
+        current = self.promoter.current()
+        if current == self._source_current:
+            return
+        from service.jobs.pull import digest_of_version
+
+        try:
+            came_from = digest_of_version(self.promoter.layout.state, current)
+        except OSError as exc:
+            log.error("cannot read the pulled digests: %s", one_line(exc))
+            return
+        self._source_current = current
+        self.pull.metrics.source_up_to_date.set(1 if came_from == self._source_digest else 0)
+
     def _after_poll(self, event: JobExecutionEvent) -> None:
+        if event.job_id != JOB_ID:
+            if event.exception is not None:  # PullJob.run never raises; this is a bug
+                log.error("pull job crashed: %s", one_line(event.exception))
+            return
         if event.exception is not None:
             log.error("promotion pass crashed: %s", one_line(event.exception))
             return
@@ -111,6 +161,8 @@ class Daemon:
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.progress.stop()
+        if self.pull is not None:
+            self.pull.stop()
         with contextlib.suppress(SchedulerNotRunningError):
             self.scheduler.shutdown(wait=False)
 
@@ -118,6 +170,8 @@ class Daemon:
         self._set_interval(self.interval)
         self.scheduler.add_job(self.poll, "interval", seconds=self.interval, id=JOB_ID,
                                next_run_time=datetime.now(UTC))
+        if self.pull is not None:
+            self._add_pull_job()
         self.scheduler.add_listener(self._after_poll, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         previous = install_signal_handlers(self._stop)
         self.health.running = True
@@ -125,16 +179,34 @@ class Daemon:
             self.scheduler.start()
         finally:
             self.health.running = False
-            finished = self._wait_for_pass()
+            finished = self._wait_for_pass() and self._wait_for_pull()
             install_signal_handlers(previous)
         log.info("stopped")
         if not finished:
-            # Only a reload is in flight: its pending file stays and the next start sends
-            # it again. The worker thread would hold the interpreter's exit until the
+            # Only a reload (or a pull) is in flight: its pending file stays and the next
+            # start sends it again. The worker thread would hold the interpreter's exit until the
             # model server answers, so leave without waiting for it.
             logging.shutdown()
             os._exit(0)
         return 0
+
+    def _add_pull_job(self) -> None:
+        seconds = self.pull_seconds
+        # The jitter spreads the checks of a fleet that started together (a thundering
+        # herd on the registry when a tag moves); the first check runs at start.
+        self.scheduler.add_job(self.pull_once, "interval", seconds=seconds, id=PULL_JOB_ID,
+                               executor="pull", jitter=pull_jitter(seconds),
+                               next_run_time=datetime.now(UTC))
+
+    def _wait_for_pull(self) -> bool:
+        """A stopped pull ends at its next chunk; one blocked on the network (up to its
+        read timeout) is left behind: its partial files are resumed at the next start."""
+        if self._pulling.acquire(timeout=PULL_STOP_GRACE):
+            self._pulling.release()
+            return True
+        log.warning("stopping with a pull waiting on the registry; it resumes at the "
+                    "next start")
+        return False
 
     def _wait_for_pass(self) -> bool:
         """Wait for the pass in progress: always while it changes the volume (a
@@ -147,6 +219,11 @@ class Daemon:
                 return False
         self.promoter.pass_lock.release()
         return True
+
+
+def pull_jitter(seconds: float) -> float:
+    """Up to a quarter of the interval, at most 5 minutes."""
+    return min(seconds / 4, 300.0)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

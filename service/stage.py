@@ -186,6 +186,44 @@ def manifest_bytes(raw: bytes | None, manifest: Manifest | None, specs: dict[str
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
+def signature_name(manifest_name: str) -> str:
+    return manifest_name + ".sig"
+
+
+def skipped_names(manifest_name: str) -> set[str]:
+    """What is not a content file of the bundle: the manifest and its signature (written
+    after the files), READY (last)."""
+    return {manifest_name, signature_name(manifest_name), "READY"}
+
+
+def settle_signature(src: Path, manifest_name: str, raw: bytes | None, data: bytes,
+                     sign: Path | None) -> bytes | None:
+    """The ``<manifest>.sig`` to write with the manifest data: a new one with sign, else
+    the producer's own when its manifest is kept byte for byte (StageRefused when the
+    manifest had to be rewritten: that signature would never verify)."""
+    if sign is not None:
+        from service.signing import sign_manifest
+
+        return sign_manifest(data, sign)
+    path = src / signature_name(manifest_name)
+    if not os.path.lexists(path):
+        return None
+    if data != raw:
+        raise StageRefused(f"{path} signs a manifest that does not list every file (or "
+                           f"another version); sign with --sign KEY, or remove it")
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 4096:
+        raise StageRefused(f"{path} is not a regular file of at most 4096 bytes")
+    return path.read_bytes()
+
+
+def check_signing_key(path: Path | None) -> None:
+    """An unreadable or invalid private key is a ConfigError naming the file (exit 2)."""
+    if path is not None:
+        from service.signing import load_private_seed
+
+        load_private_seed(path)
+
+
 def check_staging_free(layout: Layout) -> None:
     if os.path.lexists(layout.ready):
         raise StageRefused(f"a bundle is already staged: {layout.ready} exists")
@@ -194,8 +232,10 @@ def check_staging_free(layout: Layout) -> None:
 
 
 def stage_bundle(src: Path, layout: Layout, version: str | None,
-                 progress: ProgressFn | None = None) -> Staged:
-    """Stage the bundle at src into layout's staging directory."""
+                 progress: ProgressFn | None = None, sign: Path | None = None) -> Staged:
+    """Stage the bundle at src into layout's staging directory; with sign (an Ed25519
+    private key in PEM), ``<manifest>.sig`` over the manifest written, before READY."""
+    check_signing_key(sign)  # a bad key refuses before anything is copied
     if not src.is_dir():
         raise ConfigError(f"BUNDLE_DIR: {src} is not a directory")
     if not layout.root.is_dir():
@@ -206,7 +246,7 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
         files = {PurePosixPath(k).as_posix(): v for k, v in manifest.files.items()}
         manifest = Manifest(manifest.version, files)
     chosen = choose_version(manifest, version)
-    tree = scan_source(src, {layout.manifest_name, "READY"})
+    tree = scan_source(src, skipped_names(layout.manifest_name))
     check_source(tree, manifest, src)
     layout.staging.mkdir(exist_ok=True)  # a daemon starting now may create it too
     check_staging_free(layout)
@@ -215,6 +255,10 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
                             progress)
         data = manifest_bytes(raw, manifest, specs, chosen)
         fsops.atomic_write_bytes(layout.staging / layout.manifest_name, data)
+        signature = settle_signature(src, layout.manifest_name, raw, data, sign)
+        if signature is not None:
+            fsops.atomic_write_bytes(layout.staging / signature_name(layout.manifest_name),
+                                     signature)
         fsops.atomic_write_bytes(layout.ready, b"")
     except BaseException:
         fsops.empty_dir(layout.staging)  # it was empty: leave nothing half-staged

@@ -24,6 +24,14 @@ def _metrics(config: Config) -> str:
     return f"metrics on {printable(config.metrics_addr)}:{config.metrics_port}"
 
 
+def _following(config: Config) -> list[str]:
+    if config.source is None:
+        return []
+    signed = ", signatures required" if config.trusted_keys_file is not None else ""
+    return [f"following {printable(config.source)} every "
+            f"{_seconds(config.source_poll_seconds)}{signed}"]
+
+
 def start_message(
     config: Config, current: str | None, interval: float | None = None
 ) -> tuple[str, dict[str, object]]:
@@ -43,6 +51,7 @@ def start_message(
     )
     parts = [
         watching,
+        *_following(config),
         f"current {printable(current)}" if current is not None else "no current version",
         _reloading(config, redacted),
         _metrics(config),

@@ -22,21 +22,27 @@ the pass then goes on from what the volume shows.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from service import fsops, history, retention, volume
 from service.bundle import (
+    CHUNK,
     Manifest,
     check_contents,
+    check_files,
     check_tree,
     is_valid_version,
     manifest_poll_interval,
+    read_signed_manifest,
 )
 from service.changes import OUTCOME_LABELS, JournalledChanges
 from service.config import Config
@@ -61,6 +67,9 @@ from service.naming import generated_name
 from service.progress import Progress
 from service.recovery import Recovery
 from service.reload import Reloader
+
+if TYPE_CHECKING:
+    from service.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 PassOutcome = Literal["idle", "promoted", "rejected", "io_error", "busy", "cancelled"]
@@ -194,7 +203,7 @@ class Promoter:
             log.info("stopping: the validation in progress was abandoned, the bundle "
                      "stays staged")
             return PassResult("cancelled")
-        except OSError as exc:
+        except (OSError, TransientError) as exc:
             self._abandon_claim()
             self._count_failure("io_error", "io_error")
             log.error("cannot take the staged bundle, the next poll retries: %s",
@@ -205,20 +214,62 @@ class Promoter:
                           intent.name)
 
     def _decide(self, skipped: list[str], claim: Claim, previous: str | None) -> Intent:
-        """Validate the claimed bundle: the promote or reject intent."""
+        """Validate the claimed bundle: the promote or reject intent. With
+        TRUSTED_KEYS_FILE the signature is checked first (SPEC 12); an unreadable keys
+        file is a TransientError: the claim is returned and the bundle stays staged."""
+        root, name = self.layout.incoming, self.config.manifest_name
+        keys = self._trusted_keys()
+        digest = self._pulled_digest(root / name)
         try:
+            # Only the manifest and its signature are read before the signature verified.
+            signed = None if keys is None else read_signed_manifest(root, name, keys,
+                                                                   self.progress)
             if skipped:
                 raise BundleRejected("unsafe_path", f"special file {skipped[0]} in the bundle")
-            scan = check_tree(self.layout.incoming, self.config.manifest_name)
+            scan = check_tree(root, name)
             if scan.hard_linked:
                 log.info("copying %d hard-linked files so that the version is private",
                          volume.break_hard_links(self.layout))
-            manifest = check_contents(self.layout.incoming, self.config.manifest_name,
-                                      self.config.require_manifest, self.progress)
-            return Promote(self._version_name(manifest), previous, claim, self.clock())
+            manifest = self._checked_manifest(root, name, signed)
+            return Promote(self._version_name(manifest), previous, claim, self.clock(), digest)
         except BundleRejected as exc:
-            name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
-            return Reject(name, exc.reason, exc.detail, claim, self.clock())
+            return self._reject(exc, claim, digest)
+
+    def _trusted_keys(self) -> TrustedKeys | None:
+        """TRUSTED_KEYS_FILE re-read for this validation (a rotated Secret applies)."""
+        if self.config.trusted_keys_file is None:
+            return None
+        from service import signing  # PyNaCl only when signatures are configured
+
+        return signing.reload_trusted_keys(self.config.trusted_keys_file)
+
+    def _checked_manifest(self, root: Path, name: str,
+                          signed: Manifest | None) -> Manifest | None:
+        if signed is None:
+            return check_contents(root, name, self.config.require_manifest, self.progress)
+        from service import signing
+
+        signing.check_coverage(root, name, signed.files)
+        check_files(root, signed.files, self.progress)
+        return signed
+
+    def _reject(self, exc: BundleRejected, claim: Claim, digest: str | None) -> Reject:
+        name = generated_name(self.clock(), set(volume.list_dirs(self.layout.rejected)))
+        return Reject(name, exc.reason, exc.detail, claim, self.clock(), digest)
+
+    def _pulled_digest(self, manifest: Path) -> str | None:
+        """The registry digest of a bundle the pull job staged (None for any other):
+        the staged record names the sha256 of the manifest it handed over."""
+        record_path = self.layout.state / "pull-staged.json"
+        if not record_path.exists():
+            return None  # nothing was ever pulled: no import, no read
+        from service.jobs.pull import read_state
+
+        record = read_state(record_path)
+        if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+            return None
+        expected = record.get("manifest_sha256")
+        return record["digest"] if expected == _manifest_sha256(manifest) else None
 
     def _version_name(self, manifest: Manifest | None) -> str:
         existing = set(volume.list_dirs(self.layout.versions))
@@ -317,6 +368,24 @@ class Promoter:
     def _count_failure(self, outcome: PassOutcome, reason: str) -> None:
         self.metrics.promotions.labels(OUTCOME_LABELS[outcome]).inc()
         self.metrics.promotion_failures.labels(reason).inc()
+
+
+def _manifest_sha256(path: Path) -> str | None:
+    """The sha256 of the manifest, streamed (never through a symlink), None if unreadable."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb", opener=_nofollow) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _size(path: Path) -> int:
