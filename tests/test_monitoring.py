@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -306,6 +307,19 @@ def test_every_alert_has_a_unit_test_and_a_runbook_entry() -> None:
         rule = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == name)
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+
+
+def test_runbook_urls_open_the_alerts_section() -> None:
+    """Each runbook_url is a URL from the one documented base, anchored at the alert's
+    section of docs/runbook.md (a repository path would not open from a notification)."""
+    sys.path.insert(0, str(ROOT / "prometheus"))
+    from prometheusrule import RUNBOOK_BASE, runbook_url
+
+    rules = yaml.safe_load(RULES.read_text())
+    headings = re.findall(r"^## (\S+)$", (ROOT / "docs" / "runbook.md").read_text(), re.M)
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert rule["annotations"]["runbook_url"] == runbook_url(RUNBOOK_BASE, rule["alert"])
+        assert rule["alert"] in headings
 
 
 def test_prometheusrule_carries_the_same_rules() -> None:
