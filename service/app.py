@@ -14,7 +14,7 @@ from service.config import Config
 from service.errors import RollbackError
 from service.health import Health
 from service.http_server import make_app, start_server
-from service.jobs.promote import Promoter
+from service.jobs.promote import PassResult, Promoter
 from service.layout import Layout
 from service.metrics import Metrics
 from service.placement import check_volume
@@ -24,6 +24,8 @@ from service.startline import start_message
 
 if TYPE_CHECKING:
     from service.jobs.pull import PullJob
+    from service.scheduler import Daemon
+    from service.signals import EarlyStop
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,8 @@ def default_auth_file() -> Path:
     return Path.home() / ".docker" / "config.json"
 
 
-def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
-    """One pass (recovery, promotion, pending reload); exit 1 when its work failed."""
+def run_once(config: Config, registry: CollectorRegistry | None = None) -> PassResult:
+    """One pass (recovery, promotion, pending reload); what it did."""
     check_trusted_keys(config)
     check_volume(config, create=True)
     promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
@@ -88,7 +90,7 @@ def run_once(config: Config, registry: CollectorRegistry | None = None) -> int:
     result = promoter.run_pass(wait=True)
     log.info("single pass done: %s%s", result.outcome,
              " (the reload failed)" if result.reload_failed else "")
-    return 1 if result.failed else 0
+    return result
 
 
 def _claim_volume(config: Config, layout: Layout) -> lockfile.DaemonLock:
@@ -103,9 +105,21 @@ def _claim_volume(config: Config, layout: Layout) -> lockfile.DaemonLock:
     return lock
 
 
-def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
+def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY,
+               early: EarlyStop | None = None) -> None:
+    """The daemon until a stop signal (``early``: the handler installed at start)."""
     from service.scheduler import Daemon
+    from service.signals import EarlyStop
 
+    early = early or EarlyStop()
+    try:
+        _run_daemon(config, registry, Daemon, early)
+    finally:
+        early.restore()
+
+
+def _run_daemon(config: Config, registry: CollectorRegistry, daemon_class: type[Daemon],
+                early: EarlyStop) -> None:
     check_trusted_keys(config)
     check_volume(config, create=True)
     layout = Layout.from_config(config)
@@ -122,7 +136,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
         log.info("serving /metrics, /healthz, /readyz on %s:%d", config.metrics_addr,
                  server.server_port)
     lock = _claim_volume(config, layout)
-    daemon = Daemon(promoter, promoter.metrics, health, time.time, progress, lock)
+    daemon = daemon_class(promoter, promoter.metrics, health, time.time, progress, lock)
     daemon.pull, daemon.pull_seconds = pull, config.source_poll_seconds
     watcher = None
     if config.watch:
@@ -131,7 +145,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
         watcher = daemon.watch = start_watch(layout.staging, layout.state, daemon.wake,
                                              daemon.wake_for_command)
     try:
-        return daemon.run()
+        daemon.run(early)
     finally:
         lock.release()
         if watcher is not None:
@@ -140,7 +154,7 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY) -> int:
             server.close()
 
 
-def rollback(config: Config, target: str | None) -> int:
+def rollback(config: Config, target: str | None) -> None:
     """Switch current back and record it; the reload goes to the daemon on the volume
     when one runs (with its own reload settings), else it is sent from here."""
     check_volume(config, create=False)
@@ -156,10 +170,9 @@ def rollback(config: Config, target: str | None) -> int:
     if daemon is not None:
         print(f"the daemon ({daemon.describe()}) delivers the reload"
               if daemon.reload else f"the daemon ({daemon.describe()}) has reloading disabled")
-        return 0
+        return
     result = promoter.delivery.send_pending()
     if result is not None and result.error is not None:
         raise RollbackError(f"switched to {version}, but the reload failed "
                             f"({result.error.reason}); a daemon on this volume retries it "
                             f"when it starts")
-    return 0

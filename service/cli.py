@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import __version__
 from service.config import SETTINGS, Config, load_config
-from service.errors import ConfigError, SidecarError
+from service.errors import ConfigError, SidecarError, one_line
 from service.layout import Layout
 
 if TYPE_CHECKING:
@@ -290,6 +290,10 @@ def with_command(argv: list[str], takes_value: set[str]) -> list[str]:
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from service.signals import EarlyStop
+
+    early = None if args.once else EarlyStop()  # before the slower imports below
+
     from prometheus_client import disable_created_metrics
 
     from service.app import run_daemon, run_once
@@ -298,7 +302,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     # exposition and no panel or alert uses them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
 
-    return run_once(config) if args.once else run_daemon(config)
+    if args.once:
+        return EXIT_FAILED if run_once(config).failed else EXIT_OK
+    run_daemon(config, early=early)
+    return EXIT_OK
 
 
 class Progress:
@@ -400,7 +407,8 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
 def _cmd_rollback(config: Config, args: argparse.Namespace) -> int:
     from service.app import rollback
 
-    return rollback(config, args.target)
+    rollback(config, args.target)
+    return EXIT_OK
 
 
 HANDLERS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
@@ -481,7 +489,7 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except (SidecarError, OSError) as exc:
-        print(f"{PROG} {args.command}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -489,9 +497,3 @@ def _cleaned(command: str, config: Config) -> str:
     return (
         f"; what it had copied into {config.staging_dir} was removed" if command == "stage" else ""
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

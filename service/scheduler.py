@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -32,6 +32,7 @@ from service.jobs.promote import Promoter
 from service.lockfile import DaemonLock
 from service.metrics import Metrics
 from service.progress import Progress
+from service.signals import EarlyStop, install_signal_handlers
 from service.watch import Watch
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ class Daemon:
         with contextlib.suppress(SchedulerNotRunningError):
             self.scheduler.shutdown(wait=False)
 
-    def run(self) -> int:
+    def run(self, early: EarlyStop | None = None) -> None:
+        """Run until a stop signal; ``early`` holds one received during start-up."""
         self._set_interval(self.interval)
         self.scheduler.add_job(self.poll, "interval", seconds=self.interval, id=JOB_ID,
                                next_run_time=datetime.now(UTC))
@@ -174,6 +176,13 @@ class Daemon:
             self._add_pull_job()
         self.scheduler.add_listener(self._after_poll, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         previous = install_signal_handlers(self._stop)
+        if early is not None:
+            previous = early.previous
+            if early.signum is not None:
+                log.info("received %s during start-up: stopping",
+                         signal.Signals(early.signum).name)
+                install_signal_handlers(previous)
+                return
         self.health.running = True
         try:
             self.scheduler.start()
@@ -188,7 +197,6 @@ class Daemon:
             # model server answers, so leave without waiting for it.
             logging.shutdown()
             os._exit(0)
-        return 0
 
     def _add_pull_job(self) -> None:
         seconds = self.pull_seconds
@@ -224,12 +232,3 @@ class Daemon:
 def pull_jitter(seconds: float) -> float:
     """Up to a quarter of the interval, at most 5 minutes."""
     return min(seconds / 4, 300.0)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def install_signal_handlers(handler: Any) -> dict[int, Any]:
-    """Install handler (or a mapping signal -> handler); the previous handlers."""
-    return {sig: signal.signal(sig, handler[sig] if isinstance(handler, dict) else handler)
-            for sig in STOP_SIGNALS}

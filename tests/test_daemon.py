@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -259,3 +260,31 @@ def test_exposition_has_no_created_series(
     status, text = http_get(daemon.url + "/metrics")
     assert status == 200 and "model_sidecar_polls_total" in text
     assert "_created" not in text
+
+
+def test_sigterm_during_start_up_exits_0(
+    models: Path, start_daemon: Callable[..., SidecarProcess]
+) -> None:
+    """A SIGTERM while the daemon starts (reading current's large manifest, before its
+    scheduler runs) ends it with exit 0 and a log line, not the default kill."""
+    version = models / "versions" / "v1"
+    version.mkdir(parents=True)
+    (version / "m.bin").write_bytes(b"m")
+    manifest = version / "manifest.json"
+    manifest.write_bytes(b" " * (30 * 1024 * 1024) + b'{"version": "v1"}')
+    (models / "current").symlink_to("versions/v1")
+    daemon = start_daemon(models, "--poll-interval", "1")
+    end = time.monotonic() + 30
+    while time.monotonic() < end and not _has_open(daemon.proc.pid, manifest):
+        assert daemon.proc.poll() is None, daemon.log()
+        time.sleep(0.002)
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
+    assert "SIGTERM" in daemon.log(), daemon.log()
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path)
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
