@@ -83,19 +83,35 @@ def make_bundle(path: Path, version: str, mib: int, changed: bytes, model: str) 
     files = {}
     for name in ("model.bin", "calibration.bin"):
         with (path / name).open("rb") as fh:
-            files[name] = {"sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
-                           "size": (path / name).stat().st_size}
+            files[name] = {
+                "sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
+                "size": (path / name).stat().st_size,
+            }
     (path / "manifest.json").write_text(json.dumps({"version": version, "files": files}))
     return path
 
 
 def push(work: Path, host: str, bundle: Path, tag: str, key: Path) -> str:
     """`forecaster-sidecar push --sign`; the digest it prints."""
-    env = {**os.environ, "SOURCE_INSECURE": host,
-           "REGISTRY_AUTH_FILE": str(work / "no-auth.json")}
-    out = subprocess.run([sys.executable, "-m", "service", "push", str(bundle),
-                          f"{host}/{REPO}:{tag}", "--sign", str(key)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=False, timeout=300)
+    env = {**os.environ, "SOURCE_INSECURE": host, "REGISTRY_AUTH_FILE": str(work / "no-auth.json")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "push",
+            str(bundle),
+            f"{host}/{REPO}:{tag}",
+            "--sign",
+            str(key),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if out.returncode != 0:
         raise FleetFailure(f"push {bundle.name} failed: {out.stderr.strip()}")
     match = re.search(r"sha256:[0-9a-f]{64}", out.stdout)
@@ -113,10 +129,16 @@ def retag(host: str, source: str, tag: str) -> None:
 
 def keypair(work: Path, name: str) -> tuple[Path, Path]:
     private, public = work / f"{name}.pem", work / f"{name}.pub.pem"
-    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)],
-                   check=True, capture_output=True)
-    subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)],
+        check=True,
+        capture_output=True,
+    )
     return private, public
 
 
@@ -133,9 +155,13 @@ class Node:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service", "run"],
-                                         env=self.env, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", "run"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -165,8 +191,9 @@ class Node:
             text = http_text(f"http://127.0.0.1:{self.port}/metrics")
         except OSError:
             return 0.0
-        return next((float(line.split()[-1]) for line in text.splitlines()
-                     if line.startswith(prefix)), 0.0)
+        return next(
+            (float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0.0
+        )
 
     def rss_kib(self) -> int:
         assert self.proc is not None
@@ -174,16 +201,30 @@ class Node:
         return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1])
 
 
-def make_node(work: Path, name: str, host: str, keys: Path | None,
-              source: bool = True, tag: str = "stable") -> Node:
+def make_node(
+    work: Path, name: str, host: str, keys: Path | None, source: bool = True, tag: str = "stable"
+) -> Node:
     root, port = work / name, free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELOAD_", "POLL_"))}
-    env.update({"MODELS_ROOT": str(root), "RELOAD_URL": "", "LOG_FORMAT": "json",
-                "METRICS_ADDR": "127.0.0.1", "METRICS_PORT": str(port),
-                "REGISTRY_AUTH_FILE": str(work / "no-auth.json"), "REQUIRE_MANIFEST": "true"})
+    env.update(
+        {
+            "MODELS_ROOT": str(root),
+            "RELOAD_URL": "",
+            "LOG_FORMAT": "json",
+            "METRICS_ADDR": "127.0.0.1",
+            "METRICS_PORT": str(port),
+            "REGISTRY_AUTH_FILE": str(work / "no-auth.json"),
+            "REQUIRE_MANIFEST": "true",
+        }
+    )
     if source:
-        env.update({"SOURCE": f"oci://{host}/{REPO}:{tag}", "SOURCE_POLL_SECONDS": str(POLL),
-                    "SOURCE_INSECURE": host})
+        env.update(
+            {
+                "SOURCE": f"oci://{host}/{REPO}:{tag}",
+                "SOURCE_POLL_SECONDS": str(POLL),
+                "SOURCE_INSECURE": host,
+            }
+        )
     if keys is not None:
         env["TRUSTED_KEYS_FILE"] = str(keys)
     return Node(root, port, env, work / f"{name}.log")
@@ -205,8 +246,9 @@ def wait_ready(nodes: list[Node], deadline: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def wait_all(nodes: list[Node], done: Any, deadline: float, what: str,
-             started: float | None = None) -> list[float]:
+def wait_all(
+    nodes: list[Node], done: Any, deadline: float, what: str, started: float | None = None
+) -> list[float]:
     """Seconds until done(node) held, per node, from started (default now); FleetFailure
     at the deadline."""
     started, times = started or time.monotonic(), {}
@@ -216,8 +258,7 @@ def wait_all(nodes: list[Node], done: Any, deadline: float, what: str,
                 times[i] = time.monotonic() - started
         if time.monotonic() > started + deadline:
             late = [nodes[i].root.name for i in range(len(nodes)) if i not in times]
-            raise FleetFailure(f"{what}: {len(late)} nodes not done in {deadline} s: "
-                               f"{late[:5]}")
+            raise FleetFailure(f"{what}: {len(late)} nodes not done in {deadline} s: {late[:5]}")
         time.sleep(0.1)
     return sorted(times.values())
 
@@ -234,19 +275,35 @@ class Prometheus:
 
     def start(self, binary: str) -> None:
         config = self.work / "prometheus.yml"
-        config.write_text(json.dumps({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "forecaster-sidecar", "static_configs": [
-                {"targets": [f"127.0.0.1:{p}" for p in self.targets]}]}]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "forecaster-sidecar",
+                            "static_configs": [
+                                {"targets": [f"127.0.0.1:{p}" for p in self.targets]}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
         with (self.work / "prometheus.log").open("wb") as out:
             self.proc = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={self.work / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=out,
-                stderr=subprocess.STDOUT)
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.work / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def query(self, expr: str) -> list[Any]:
-        url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
-               f"query={urllib.parse.quote(expr)}")
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?query={urllib.parse.quote(expr)}"
         body = json.loads(http_text(url))
         if body.get("status") != "success":
             raise FleetFailure(f"{expr}: {body}")
@@ -276,8 +333,11 @@ def fleet_queries() -> list[tuple[str, str]]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return [(p["title"], t["expr"].replace("$job", ".*").replace("$__rate_interval", "1m"))
-            for p in module.FLEET_PANELS for t in p["targets"]]
+    return [
+        (p["title"], t["expr"].replace("$job", ".*").replace("$__rate_interval", "1m"))
+        for p in module.FLEET_PANELS
+        for t in p["targets"]
+    ]
 
 
 # -- the scenario ----------------------------------------------------------------------------
@@ -293,20 +353,33 @@ class Fleet:
     figures: dict[str, Any] = field(default_factory=dict)
     pushed: float = 0.0
 
-    def publish(self, version: str, mib: int, key: Path | None = None,
-                tag: str = "stable", model: str = "b") -> str:
-        bundle = make_bundle(self.work / "bundles" / version, version, mib,
-                             os.urandom(4096) + version.encode(), model)
+    def publish(
+        self, version: str, mib: int, key: Path | None = None, tag: str = "stable", model: str = "b"
+    ) -> str:
+        bundle = make_bundle(
+            self.work / "bundles" / version,
+            version,
+            mib,
+            os.urandom(4096) + version.encode(),
+            model,
+        )
         digest = push(self.work, self.registry.host, bundle, tag, key or self.key)
         self.pushed = time.monotonic()  # the tag names it from here on
         self.digests[version] = digest
         return digest
 
     def rollout(self, version: str, deadline: float) -> list[float]:
-        times = wait_all(self.nodes, lambda n: n.current() == version, deadline,
-                         f"rollout of {version}", self.pushed)
-        self.figures[f"rollout_{version}_s"] = {"p50": round(statistics.median(times), 2),
-                                               "max": round(times[-1], 2)}
+        times = wait_all(
+            self.nodes,
+            lambda n: n.current() == version,
+            deadline,
+            f"rollout of {version}",
+            self.pushed,
+        )
+        self.figures[f"rollout_{version}_s"] = {
+            "p50": round(statistics.median(times), 2),
+            "max": round(times[-1], 2),
+        }
         return times
 
 
@@ -339,8 +412,10 @@ def disrupt(fleet: Fleet, version: str, victims: int) -> dict[str, int]:
     for node in second[:victims]:
         node.kill()
         node.start()
-    counts = {"downloads_in_progress_when_the_registry_died": len(first),
-              "sidecars_sigkilled_mid_download": len(killed) + len(second[:victims])}
+    counts = {
+        "downloads_in_progress_when_the_registry_died": len(first),
+        "sidecars_sigkilled_mid_download": len(killed) + len(second[:victims]),
+    }
     print(f"{version}: {counts}")
     return counts
 
@@ -386,42 +461,63 @@ def idle_figures(fleet: Fleet, prometheus: Prometheus, extra: list[Node]) -> Non
     fleet.figures["registry_requests_per_idle_node_per_hour"] = {
         f"SOURCE_POLL_SECONDS={POLL}": round(per_hour),
         "SOURCE_POLL_SECONDS=60 (scaled)": round(per_hour * POLL / 60),
-        "bytes_pulled_while_idle": bytes_after - bytes_before}
+        "bytes_pulled_while_idle": bytes_after - bytes_before,
+    }
     rss = sorted(n.rss_kib() for n in fleet.nodes)
     fleet.figures["idle_rss_mib"] = {
-        "SOURCE + TRUSTED_KEYS_FILE (fleet nodes, median)": round(
-            statistics.median(rss) / 1024, 1),
-        **{label: round(node.rss_kib() / 1024, 1) for label, node in
-           zip(("SOURCE, no keys (pulled v1..v4 like the fleet)", "neither",
-                "TRUSTED_KEYS_FILE, no SOURCE", "SOURCE + keys, tag never pushed (checks only)"),
-               extra, strict=True)}}
+        "SOURCE + TRUSTED_KEYS_FILE (fleet nodes, median)": round(statistics.median(rss) / 1024, 1),
+        **{
+            label: round(node.rss_kib() / 1024, 1)
+            for label, node in zip(
+                (
+                    "SOURCE, no keys (pulled v1..v4 like the fleet)",
+                    "neither",
+                    "TRUSTED_KEYS_FILE, no SOURCE",
+                    "SOURCE + keys, tag never pushed (checks only)",
+                ),
+                extra,
+                strict=True,
+            )
+        },
+    }
 
 
 def run_queries(prometheus: Prometheus) -> dict[str, int]:
     """Each fleet dashboard query: its number of series (FleetFailure when empty)."""
-    return {f"{title}: {expr}": len(prometheus.wait_query(expr))
-            for title, expr in fleet_queries()}
+    return {f"{title}: {expr}": len(prometheus.wait_query(expr)) for title, expr in fleet_queries()}
 
 
-def run(nodes: int = 30, mib: int = 8, deadline: float = 180.0,
-        work: Path | None = None, registry_binary: str | None = None,
-        prometheus_binary: str | None = None) -> dict[str, Any]:
+def run(
+    nodes: int = 30,
+    mib: int = 8,
+    deadline: float = 180.0,
+    work: Path | None = None,
+    registry_binary: str | None = None,
+    prometheus_binary: str | None = None,
+) -> dict[str, Any]:
     """The whole scenario; the figures. FleetFailure when the fleet ends wrong."""
     work = work or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     registry_binary = registry_binary or shutil.which("docker-registry")
     prometheus_binary = prometheus_binary or shutil.which("prometheus")
     if registry_binary is None or prometheus_binary is None:
-        raise SystemExit("needs docker-registry and prometheus (apt-get install "
-                         "docker-registry prometheus)")
+        raise SystemExit(
+            "needs docker-registry and prometheus (apt-get install docker-registry prometheus)"
+        )
     key, trusted = keypair(work, "publisher")
     stranger, _ = keypair(work, "stranger")
     registry = Registry(work / "registry", binary=registry_binary).start()
-    fleet = Fleet(work, registry, [make_node(work, f"node-{i:02d}", registry.host, trusted)
-                                   for i in range(nodes)], key)
-    extra = [make_node(work, "ref-source", registry.host, None),
-             make_node(work, "ref-plain", registry.host, None, source=False),
-             make_node(work, "ref-keys", registry.host, trusted, source=False),
-             make_node(work, "ref-checks", registry.host, trusted, tag="never-pushed")]
+    fleet = Fleet(
+        work,
+        registry,
+        [make_node(work, f"node-{i:02d}", registry.host, trusted) for i in range(nodes)],
+        key,
+    )
+    extra = [
+        make_node(work, "ref-source", registry.host, None),
+        make_node(work, "ref-plain", registry.host, None, source=False),
+        make_node(work, "ref-keys", registry.host, trusted, source=False),
+        make_node(work, "ref-checks", registry.host, trusted, tag="never-pushed"),
+    ]
     prometheus = Prometheus(work, [n.port for n in [*fleet.nodes, *extra]])
     try:
         for node in [*fleet.nodes, *extra]:
@@ -433,24 +529,41 @@ def run(nodes: int = 30, mib: int = 8, deadline: float = 180.0,
         fleet.publish("v2", mib, model="b")  # a new model: every node downloads it whole
         disrupted = disrupt(fleet, "v2", max(2, nodes // 5))
         fleet.rollout("v2", deadline)
-        fleet.figures["v2_interrupted"] = {**disrupted,
-            "pull_failures_connection": sum(n.metric("model_sidecar_pull_failures_total",
-                                                     reason="connection")
-                                            for n in fleet.nodes),
-            "downloads_failed": sum(n.metric("model_sidecar_pulls_total", outcome="failure")
-                                    for n in fleet.nodes),
-            "note": "counters of the nodes SIGKILLed restart at 0"}
+        fleet.figures["v2_interrupted"] = {
+            **disrupted,
+            "pull_failures_connection": sum(
+                n.metric("model_sidecar_pull_failures_total", reason="connection")
+                for n in fleet.nodes
+            ),
+            "downloads_failed": sum(
+                n.metric("model_sidecar_pulls_total", outcome="failure") for n in fleet.nodes
+            ),
+            "note": "counters of the nodes SIGKILLed restart at 0",
+        }
         fleet.publish("v3", mib, key=stranger)
-        wait_all(fleet.nodes, lambda n: n.metric("model_sidecar_promotion_failures_total",
-                                                 reason="signature_invalid") >= 1,
-                 deadline, "rejection of v3 (signed by an unknown key)")
+        wait_all(
+            fleet.nodes,
+            lambda n: (
+                n.metric("model_sidecar_promotion_failures_total", reason="signature_invalid") >= 1
+            ),
+            deadline,
+            "rejection of v3 (signed by an unknown key)",
+        )
         v4 = fleet.publish("v4", mib, tag="prepared")
-        corrupt(registry, "sha256:" + hashlib.sha256(
-            (work / "bundles" / "v4" / "calibration.bin").read_bytes()).hexdigest())
+        corrupt(
+            registry,
+            "sha256:"
+            + hashlib.sha256(
+                (work / "bundles" / "v4" / "calibration.bin").read_bytes()
+            ).hexdigest(),
+        )
         retag(registry.host, "prepared", "stable")
-        wait_all(fleet.nodes, lambda n: n.metric("model_sidecar_pull_failures_total",
-                                                 reason="digest_mismatch") >= 1,
-                 deadline, f"refusal of v4 {v4} (a corrupted blob)")
+        wait_all(
+            fleet.nodes,
+            lambda n: n.metric("model_sidecar_pull_failures_total", reason="digest_mismatch") >= 1,
+            deadline,
+            f"refusal of v4 {v4} (a corrupted blob)",
+        )
         check_end_state(fleet, "v2")
         # The tag back on v2 (promoted everywhere): idle nodes, one HEAD per check.
         retag(registry.host, fleet.digests["v2"], "stable")

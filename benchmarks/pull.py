@@ -77,8 +77,10 @@ def make_bundle(path: Path, total_mib: int) -> None:
     files = {}
     for entry in sorted(path.iterdir()):
         with entry.open("rb") as fh:
-            files[entry.name] = {"sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
-                                 "size": entry.stat().st_size}
+            files[entry.name] = {
+                "sha256": hashlib.file_digest(fh, "sha256").hexdigest(),
+                "size": entry.stat().st_size,
+            }
     (path / "manifest.json").write_text(json.dumps({"version": path.name, "files": files}))
 
 
@@ -95,8 +97,10 @@ def head_latency(host: str, count: int = 500) -> dict[str, float]:
         c.head_manifest("v1")
         times.append(time.perf_counter() - start)
     times.sort()
-    return {"median_ms": statistics.median(times) * 1000,
-            "p99_ms": times[int(len(times) * 0.99)] * 1000}
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "p99_ms": times[int(len(times) * 0.99)] * 1000,
+    }
 
 
 def head_throughput(host: str, threads: int = 8, seconds: float = 3.0) -> float:
@@ -120,8 +124,13 @@ def head_throughput(host: str, threads: int = 8, seconds: float = 3.0) -> float:
 
 
 def pull_once(host: str, volume: Path, tag: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", CHILD, host, str(volume), tag], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, host, str(volume), tag],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result: dict[str, Any] = json.loads(out)
     assert result["outcome"] == "staged", result
     return result
@@ -212,13 +221,18 @@ def delta(host: str, work: Path) -> dict[str, Any]:
 
     with (work / "v2" / "calibration.bin").open("rb") as fh:
         manifest["files"]["calibration.bin"]["sha256"] = hashlib.file_digest(
-            fh, "sha256").hexdigest()
+            fh, "sha256"
+        ).hexdigest()
     manifest["version"] = "v2"
     (work / "v2" / "manifest.json").write_text(json.dumps(manifest))
     pushed = push_bundle(client(host, "pull,push"), "v2", work / "v2")
     result = pull_once(host, volume, "v2")
-    return {"delta_blobs_uploaded": pushed.uploaded, "delta_pull_bytes": result["bytes"],
-            "delta_pull_requests": result["requests"], "delta_pull_seconds": result["seconds"]}
+    return {
+        "delta_blobs_uploaded": pushed.uploaded,
+        "delta_pull_bytes": result["bytes"],
+        "delta_pull_requests": result["requests"],
+        "delta_pull_seconds": result["seconds"],
+    }
 
 
 if __name__ == "__main__":

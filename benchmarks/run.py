@@ -78,8 +78,13 @@ def make_bundle(staging: Path, total: int, count: int, checksums: bool, sync: bo
 
 
 def promoter_for(root: Path) -> Promoter:
-    config = Config(models_root=root, staging_dir=root / "staging",
-                    current_link=root / "current", reload_url=None, watch=False)
+    config = Config(
+        models_root=root,
+        staging_dir=root / "staging",
+        current_link=root / "current",
+        reload_url=None,
+        watch=False,
+    )
     return Promoter(config, Metrics(CollectorRegistry()), Reloader(config))
 
 
@@ -102,16 +107,24 @@ def time_cp_baseline(total: int, count: int) -> float:
         make_bundle(root / "staging", total, count, checksums=False, sync=True)
         (root / "versions").mkdir()
         start = time.perf_counter()
-        subprocess.run(["sh", "-c", "cp -a staging/. versions/x && ln -sfn versions/x current"],
-                       cwd=root, check=True)
+        subprocess.run(
+            ["sh", "-c", "cp -a staging/. versions/x && ln -sfn versions/x current"],
+            cwd=root,
+            check=True,
+        )
         return time.perf_counter() - start
 
 
 # -- 1. promotion wall time ----------------------------------------------------------------
 
 
-SHAPES = [(1 * MIB, 1000), (100 * MIB, 1000), (1024 * MIB, 1000), (100 * MIB, 10),
-          (100 * MIB, 10000)]
+SHAPES = [
+    (1 * MIB, 1000),
+    (100 * MIB, 1000),
+    (1024 * MIB, 1000),
+    (100 * MIB, 10),
+    (100 * MIB, 10000),
+]
 
 
 def bench_promotion(runs: int, shapes: list[tuple[int, int]]) -> Rows:
@@ -120,13 +133,20 @@ def bench_promotion(runs: int, shapes: list[tuple[int, int]]) -> Rows:
         cp = median_of(runs, lambda t=total, c=count: time_cp_baseline(t, c))
         plain = median_of(runs, lambda t=total, c=count: time_promotion(t, c, False))
         checked = median_of(runs, lambda t=total, c=count: time_promotion(t, c, True))
-        rows.append({"bundle": f"{total // MIB} MiB / {count} files", "cp_s": cp["median"],
-                     "promote_s": plain["median"], "promote_checksums_s": checked["median"],
-                     "speedup_vs_cp": cp["median"] / plain["median"]})
+        rows.append(
+            {
+                "bundle": f"{total // MIB} MiB / {count} files",
+                "cp_s": cp["median"],
+                "promote_s": plain["median"],
+                "promote_checksums_s": checked["median"],
+                "speedup_vs_cp": cp["median"] / plain["median"],
+            }
+        )
     total, count = 1024 * MIB, 1000
     unsynced = median_of(runs, lambda: time_promotion(total, count, False, sync=False))
-    rows.append({"bundle": "1024 MiB / 1000 files, producer did not sync",
-                 "promote_s": unsynced["median"]})
+    rows.append(
+        {"bundle": "1024 MiB / 1000 files, producer did not sync", "promote_s": unsynced["median"]}
+    )
     return rows
 
 
@@ -137,22 +157,33 @@ def bench_checksums(runs: int) -> Rows:
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         root = Path(tmp)
-        for label, total, count in (("one 1 GiB file", 1024 * MIB, 1),
-                                    ("1,000 files of 1 MiB", 1000 * MIB, 1000)):
+        for label, total, count in (
+            ("one 1 GiB file", 1024 * MIB, 1),
+            ("1,000 files of 1 MiB", 1000 * MIB, 1000),
+        ):
             staging = root / label.replace(" ", "_")
             make_bundle(staging, total, count, checksums=True, sync=True)
             files = sorted(str(p) for p in staging.rglob("*.bin"))
-            base = median_of(runs, lambda f=files: _timed(
-                lambda: subprocess.run(["sha256sum", *f], stdout=subprocess.DEVNULL,
-                                       check=True)))
+            base = median_of(
+                runs,
+                lambda f=files: _timed(
+                    lambda: subprocess.run(["sha256sum", *f], stdout=subprocess.DEVNULL, check=True)
+                ),
+            )
             manifest = json.loads((staging / "manifest.json").read_text())
             parsed = parse_manifest(json.dumps(manifest).encode())
-            ours = median_of(runs, lambda s=staging, p=parsed: _timed(
-                lambda: check_files(s, p.files)))
-            rows.append({"files": label, "sha256sum_s": base["median"],
-                         "sidecar_s": ours["median"],
-                         "ratio": ours["median"] / base["median"],
-                         "sidecar_mib_s": total / MIB / ours["median"]})
+            ours = median_of(
+                runs, lambda s=staging, p=parsed: _timed(lambda: check_files(s, p.files))
+            )
+            rows.append(
+                {
+                    "files": label,
+                    "sha256sum_s": base["median"],
+                    "sidecar_s": ours["median"],
+                    "ratio": ours["median"] / base["median"],
+                    "sidecar_mib_s": total / MIB / ours["median"],
+                }
+            )
     return rows
 
 
@@ -175,10 +206,18 @@ def free_port() -> int:
 
 def start_daemon(root: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**os.environ, "MODELS_ROOT": str(root), "RELOAD_URL": "", "METRICS_ADDR": "127.0.0.1",
-           "METRICS_PORT": str(port), "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", *args], env=env,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MODELS_ROOT": str(root),
+        "RELOAD_URL": "",
+        "METRICS_ADDR": "127.0.0.1",
+        "METRICS_PORT": str(port),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", *args], env=env, stderr=subprocess.DEVNULL
+    )
     return proc, port
 
 
@@ -234,8 +273,11 @@ def latency(root: Path, samples: int, watch: bool) -> dict[str, Any]:
                 time.sleep(random.uniform(0, 1))
             start = time.perf_counter()
             (staging / "READY").write_text("")
-            while os.readlink(root / "current") == before if before else not (
-                    root / "current").is_symlink():
+            while (
+                os.readlink(root / "current") == before
+                if before
+                else not (root / "current").is_symlink()
+            ):
                 if time.perf_counter() - start > 10:
                     raise RuntimeError("no switch in 10 s")
                 time.sleep(0.0005)
@@ -243,9 +285,11 @@ def latency(root: Path, samples: int, watch: bool) -> dict[str, Any]:
             while (staging / "READY").exists():
                 time.sleep(0.001)
         values.sort()
-        return {"p50_ms": statistics.median(values) * 1000,
-                "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))] * 1000,
-                "samples": len(values)}
+        return {
+            "p50_ms": statistics.median(values) * 1000,
+            "p99_ms": values[min(len(values) - 1, int(len(values) * 0.99))] * 1000,
+            "samples": len(values),
+        }
     finally:
         stop(proc)
 
@@ -262,8 +306,11 @@ def idle_figures(root: Path, interval: str, seconds: float) -> dict[str, float]:
         time.sleep(seconds)
         cpu = cpu_seconds(proc.pid) - cpu0
         elapsed = time.perf_counter() - t0
-        return {"rss_mib": rss_mib(proc.pid),
-                "cpu_s_per_hour": cpu * 3600 / elapsed, "window_s": elapsed}
+        return {
+            "rss_mib": rss_mib(proc.pid),
+            "cpu_s_per_hour": cpu * 3600 / elapsed,
+            "window_s": elapsed,
+        }
     finally:
         stop(proc)
 
@@ -282,9 +329,12 @@ def growth_after_promotions(root: Path, count: int) -> dict[str, float]:
             if i + 1 in (100, count, 2 * count):
                 time.sleep(1.5)  # let the pass (and its retention) finish
                 marks[i + 1] = rss_mib(proc.pid)
-        return {"rss_after_100_mib": marks[100], f"rss_after_{count}_mib": marks[count],
-                "growth_mib": marks[count] - marks[100],
-                "growth_second_batch_mib": marks[2 * count] - marks[count]}
+        return {
+            "rss_after_100_mib": marks[100],
+            f"rss_after_{count}_mib": marks[count],
+            "growth_mib": marks[count] - marks[100],
+            "growth_second_batch_mib": marks[2 * count] - marks[count],
+        }
     finally:
         stop(proc)
 
@@ -308,48 +358,78 @@ def verdict(ok: bool) -> str:
 
 
 def report(r: dict[str, Any]) -> str:
-    out = ["## 1. Promotion wall time (median)", "",
-           "| bundle | cp -a + ln -sfn | promote | promote + sha256 | speed-up vs cp |",
-           "|---|---|---|---|---|"]
+    out = [
+        "## 1. Promotion wall time (median)",
+        "",
+        "| bundle | cp -a + ln -sfn | promote | promote + sha256 | speed-up vs cp |",
+        "|---|---|---|---|---|",
+    ]
     for row in r["promotion"]:
         if "cp_s" in row:
-            out.append(f"| {row['bundle']} | {row['cp_s']:.3f} s | {row['promote_s']:.3f} s | "
-                       f"{row['promote_checksums_s']:.3f} s | {row['speedup_vs_cp']:.0f}x |")
+            out.append(
+                f"| {row['bundle']} | {row['cp_s']:.3f} s | {row['promote_s']:.3f} s | "
+                f"{row['promote_checksums_s']:.3f} s | {row['speedup_vs_cp']:.0f}x |"
+            )
         else:
             out.append(f"| {row['bundle']} | | {row['promote_s']:.3f} s | | |")
-    out += ["", "## 2. Checksum verification (median)", "",
-            "| files | sha256sum | sidecar | ratio | sidecar MiB/s |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "## 2. Checksum verification (median)",
+        "",
+        "| files | sha256sum | sidecar | ratio | sidecar MiB/s |",
+        "|---|---|---|---|---|",
+    ]
     for row in r["checksums"]:
-        out.append(f"| {row['files']} | {row['sha256sum_s']:.3f} s | {row['sidecar_s']:.3f} s |"
-                   f" {row['ratio']:.2f} | {row['sidecar_mib_s']:.0f} |")
+        out.append(
+            f"| {row['files']} | {row['sha256sum_s']:.3f} s | {row['sidecar_s']:.3f} s |"
+            f" {row['ratio']:.2f} | {row['sidecar_mib_s']:.0f} |"
+        )
     lat = r["latency"]
-    out += ["", "## 3. READY-to-switch latency (1 MiB bundle, outside observer)", "",
-            "| mode | p50 | p99 | samples |", "|---|---|---|---|",
-            f"| poll, 1 s interval | {lat['poll']['p50_ms']:.0f} ms |"
-            f" {lat['poll']['p99_ms']:.0f} ms | {lat['poll']['samples']} |",
-            f"| watch | {lat['watch']['p50_ms']:.1f} ms | {lat['watch']['p99_ms']:.1f} ms |"
-            f" {lat['watch']['samples']} |"]
+    out += [
+        "",
+        "## 3. READY-to-switch latency (1 MiB bundle, outside observer)",
+        "",
+        "| mode | p50 | p99 | samples |",
+        "|---|---|---|---|",
+        f"| poll, 1 s interval | {lat['poll']['p50_ms']:.0f} ms |"
+        f" {lat['poll']['p99_ms']:.0f} ms | {lat['poll']['samples']} |",
+        f"| watch | {lat['watch']['p50_ms']:.1f} ms | {lat['watch']['p99_ms']:.1f} ms |"
+        f" {lat['watch']['samples']} |",
+    ]
     mem = r["memory"]
-    out += ["", "## 4. Memory and CPU", "", "| figure | value |", "|---|---|",
-            f"| VmRSS idle (1 s interval, {mem['idle_1s']['window_s']:.0f} s) |"
-            f" {mem['idle_1s']['rss_mib']:.1f} MiB |",
-            f"| idle CPU at 1 s interval | {mem['idle_1s']['cpu_s_per_hour']:.2f} s/hour |",
-            f"| idle CPU at 30 s interval | {mem['idle_30s']['cpu_s_per_hour']:.2f} s/hour |",
-            f"| VmRSS after 100 promotions | {mem['promotions']['rss_after_100_mib']:.1f} MiB |",
-            f"| growth from 100 to {r['promotions_count']} promotions |"
-            f" {mem['promotions']['growth_mib']:.2f} MiB |",
-            f"| growth over the next {r['promotions_count']} promotions |"
-            f" {mem['promotions']['growth_second_batch_mib']:.2f} MiB |",
-            "", "## 5. Start-up", "", f"| start to /readyz (median) | "
-            f"{r['startup']['median'] * 1000:.0f} ms |", "|---|---|"]
+    out += [
+        "",
+        "## 4. Memory and CPU",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| VmRSS idle (1 s interval, {mem['idle_1s']['window_s']:.0f} s) |"
+        f" {mem['idle_1s']['rss_mib']:.1f} MiB |",
+        f"| idle CPU at 1 s interval | {mem['idle_1s']['cpu_s_per_hour']:.2f} s/hour |",
+        f"| idle CPU at 30 s interval | {mem['idle_30s']['cpu_s_per_hour']:.2f} s/hour |",
+        f"| VmRSS after 100 promotions | {mem['promotions']['rss_after_100_mib']:.1f} MiB |",
+        f"| growth from 100 to {r['promotions_count']} promotions |"
+        f" {mem['promotions']['growth_mib']:.2f} MiB |",
+        f"| growth over the next {r['promotions_count']} promotions |"
+        f" {mem['promotions']['growth_second_batch_mib']:.2f} MiB |",
+        "",
+        "## 5. Start-up",
+        "",
+        f"| start to /readyz (median) | {r['startup']['median'] * 1000:.0f} ms |",
+        "|---|---|",
+    ]
     one_gib = next(x for x in r["promotion"] if x["bundle"] == "1024 MiB / 1000 files")
     many = next(x for x in r["checksums"] if x["files"].startswith("1,000"))
     targets = [
-        ("1 GiB / 1,000 files without checksums >= 100x faster than cp",
-         one_gib["speedup_vs_cp"] >= 100),
+        (
+            "1 GiB / 1,000 files without checksums >= 100x faster than cp",
+            one_gib["speedup_vs_cp"] >= 100,
+        ),
         ("verification <= 1.3x the time of sha256sum (1,000 files)", many["ratio"] <= 1.3),
-        ("watch p50 <= 50 ms, p99 <= 200 ms",
-         lat["watch"]["p50_ms"] <= 50 and lat["watch"]["p99_ms"] <= 200),
+        (
+            "watch p50 <= 50 ms, p99 <= 200 ms",
+            lat["watch"]["p50_ms"] <= 50 and lat["watch"]["p99_ms"] <= 200,
+        ),
         ("idle RSS <= 30 MiB", mem["idle_1s"]["rss_mib"] <= 30),
         ("growth after promotions <= 1 MiB", mem["promotions"]["growth_mib"] <= 1),
         ("idle CPU <= 1 CPU-second per hour at 30 s", mem["idle_30s"]["cpu_s_per_hour"] <= 1),
@@ -367,9 +447,15 @@ def main() -> None:
     args = parser.parse_args()
     runs = 3 if args.quick else 5
     idle = 60.0 if args.quick else 300.0
-    r: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "arch": os.uname().machine,
-                                     "python": sys.version.split()[0]},
-                         "runs": runs, "promotions_count": args.promotions}
+    r: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "arch": os.uname().machine,
+            "python": sys.version.split()[0],
+        },
+        "runs": runs,
+        "promotions_count": args.promotions,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
 
@@ -380,11 +466,15 @@ def main() -> None:
             return path
 
         r["startup"] = median_of(runs, lambda: startup(fresh("startup")))
-        r["latency"] = {"watch": latency(fresh("watch"), 100 if not args.quick else 40, True),
-                        "poll": latency(fresh("poll"), 20 if not args.quick else 8, False)}
-        r["memory"] = {"idle_1s": idle_figures(fresh("idle1"), "1", idle),
-                       "idle_30s": idle_figures(fresh("idle30"), "30", idle),
-                       "promotions": growth_after_promotions(fresh("grow"), args.promotions)}
+        r["latency"] = {
+            "watch": latency(fresh("watch"), 100 if not args.quick else 40, True),
+            "poll": latency(fresh("poll"), 20 if not args.quick else 8, False),
+        }
+        r["memory"] = {
+            "idle_1s": idle_figures(fresh("idle1"), "1", idle),
+            "idle_30s": idle_figures(fresh("idle30"), "30", idle),
+            "promotions": growth_after_promotions(fresh("grow"), args.promotions),
+        }
     r["checksums"] = bench_checksums(runs)
     r["promotion"] = bench_promotion(runs, SHAPES)
     RESULTS.mkdir(exist_ok=True)

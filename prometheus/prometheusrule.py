@@ -39,8 +39,9 @@ def runbook_url(base: str, alert: str) -> str:
 
 def set_runbook_base(text: str, base: str) -> str:
     """alerts.yml's text with every runbook_url built from base (comments kept)."""
-    return re.sub(r'runbook_url: "[^"#]*#([a-z0-9-]+)"',
-                  lambda m: f'runbook_url: "{base}#{m.group(1)}"', text)
+    return re.sub(
+        r'runbook_url: "[^"#]*#([a-z0-9-]+)"', lambda m: f'runbook_url: "{base}#{m.group(1)}"', text
+    )
 
 
 def main() -> None:
@@ -54,8 +55,10 @@ def main() -> None:
     crd = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "forecaster-sidecar",
-                     "labels": {"app": "forecaster", "role": "alert-rules"}},
+        "metadata": {
+            "name": "forecaster-sidecar",
+            "labels": {"app": "forecaster", "role": "alert-rules"},
+        },
         "spec": {"groups": rules["groups"]},
     }
     out = HERE.parent / "k8s" / "monitoring" / "prometheusrule.yaml"

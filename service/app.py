@@ -30,11 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_promoter(config: Config, registry: CollectorRegistry,
-                   progress: Progress | None = None, retried_later: bool = True,
-                   record_pending: bool | None = None) -> Promoter:
-    return Promoter(config, Metrics(registry), Reloader(config), progress=progress,
-                    retried_later=retried_later, record_pending=record_pending)
+def build_promoter(
+    config: Config,
+    registry: CollectorRegistry,
+    progress: Progress | None = None,
+    retried_later: bool = True,
+    record_pending: bool | None = None,
+) -> Promoter:
+    return Promoter(
+        config,
+        Metrics(registry),
+        Reloader(config),
+        progress=progress,
+        retried_later=retried_later,
+        record_pending=record_pending,
+    )
 
 
 def log_start(config: Config, promoter: Promoter) -> None:
@@ -46,8 +56,10 @@ def log_start(config: Config, promoter: Promoter) -> None:
     line, fields = start_message(config, current, promoter.interval())
     log.info("%s", line, extra={"fields": {"sidecar_version": __version__, **fields}})
     if config.reload_token_file is not None and not config.reload_token_file.exists():
-        log.warning("RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) "
-                    "until it does", config.reload_token_file)
+        log.warning(
+            "RELOAD_TOKEN_FILE %s does not exist yet: reloads fail (reason token) until it does",
+            config.reload_token_file,
+        )
 
 
 def check_trusted_keys(config: Config) -> None:
@@ -69,11 +81,15 @@ def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | Non
     from service.pull_metrics import PullMetrics
 
     ref = source_reference(config.source)
-    client = RegistryClient(ref.registry, ref.repository,
-                            insecure=frozenset(config.source_insecure),
-                            auth_file=config.registry_auth_file or default_auth_file())
-    paths = PullPaths(config.models_root, config.staging_dir, config.current_link,
-                      config.manifest_name)
+    client = RegistryClient(
+        ref.registry,
+        ref.repository,
+        insecure=frozenset(config.source_insecure),
+        auth_file=config.registry_auth_file or default_auth_file(),
+    )
+    paths = PullPaths(
+        config.models_root, config.staging_dir, config.current_link, config.manifest_name
+    )
     return PullJob(paths, ref, client, PullMetrics(registry))
 
 
@@ -88,25 +104,33 @@ def run_once(config: Config, registry: CollectorRegistry | None = None) -> PassR
     promoter = build_promoter(config, registry or CollectorRegistry(), retried_later=False)
     log_start(config, promoter)
     result = promoter.run_pass(wait=True)
-    log.info("single pass done: %s%s", result.outcome,
-             " (the reload failed)" if result.reload_failed else "")
+    log.info(
+        "single pass done: %s%s",
+        result.outcome,
+        " (the reload failed)" if result.reload_failed else "",
+    )
     return result
 
 
 def _claim_volume(config: Config, layout: Layout) -> lockfile.DaemonLock:
     reload = config.redacted().get("reload_url") if config.reload_url else None
-    me = lockfile.this_process(None if reload is None else str(reload), config.reload_method,
-                               history.rfc3339(time.time()))
+    me = lockfile.this_process(
+        None if reload is None else str(reload), config.reload_method, history.rfc3339(time.time())
+    )
     lock = lockfile.DaemonLock(layout.daemon_lock, me)
     other = lock.acquire(me)
     if other is not None:
-        log.warning("another sidecar daemon runs on %s (%s); passes take turns on the "
-                    "volume lock", config.models_root, other.describe())
+        log.warning(
+            "another sidecar daemon runs on %s (%s); passes take turns on the volume lock",
+            config.models_root,
+            other.describe(),
+        )
     return lock
 
 
-def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY,
-               early: EarlyStop | None = None) -> None:
+def run_daemon(
+    config: Config, registry: CollectorRegistry = REGISTRY, early: EarlyStop | None = None
+) -> None:
     """The daemon until a stop signal (``early``: the handler installed at start)."""
     from service.scheduler import Daemon
     from service.signals import EarlyStop
@@ -118,8 +142,9 @@ def run_daemon(config: Config, registry: CollectorRegistry = REGISTRY,
         early.restore()
 
 
-def _run_daemon(config: Config, registry: CollectorRegistry, daemon_class: type[Daemon],
-                early: EarlyStop) -> None:
+def _run_daemon(
+    config: Config, registry: CollectorRegistry, daemon_class: type[Daemon], early: EarlyStop
+) -> None:
     check_trusted_keys(config)
     check_volume(config, create=True)
     layout = Layout.from_config(config)
@@ -131,10 +156,10 @@ def _run_daemon(config: Config, registry: CollectorRegistry, daemon_class: type[
     log_start(config, promoter)
     server = None
     if config.metrics_port:  # first: a port in use exits 2 before the volume is claimed
-        server = start_server(config.metrics_addr, config.metrics_port,
-                              make_app(registry, health))
-        log.info("serving /metrics, /healthz, /readyz on %s:%d", config.metrics_addr,
-                 server.server_port)
+        server = start_server(config.metrics_addr, config.metrics_port, make_app(registry, health))
+        log.info(
+            "serving /metrics, /healthz, /readyz on %s:%d", config.metrics_addr, server.server_port
+        )
     lock = _claim_volume(config, layout)
     daemon = daemon_class(promoter, promoter.metrics, health, time.time, progress, lock)
     daemon.pull, daemon.pull_seconds = pull, config.source_poll_seconds
@@ -142,8 +167,9 @@ def _run_daemon(config: Config, registry: CollectorRegistry, daemon_class: type[
     if config.watch:
         from service.watch import start_watch
 
-        watcher = daemon.watch = start_watch(layout.staging, layout.state, daemon.wake,
-                                             daemon.wake_for_command)
+        watcher = daemon.watch = start_watch(
+            layout.staging, layout.state, daemon.wake, daemon.wake_for_command
+        )
     try:
         daemon.run(early)
     finally:
@@ -163,16 +189,22 @@ def rollback(config: Config, target: str | None) -> None:
     # A running daemon delivers the reload with its own settings (none when it has
     # reloading disabled); this command's settings apply only when no daemon runs.
     record = None if daemon is None else daemon.reload is not None
-    promoter = build_promoter(config, CollectorRegistry(), retried_later=False,
-                              record_pending=record)
+    promoter = build_promoter(
+        config, CollectorRegistry(), retried_later=False, record_pending=record
+    )
     version = promoter.rollback(target, "manual")
     print(f"current is {version} (in {config.models_root})")
     if daemon is not None:
-        print(f"the daemon ({daemon.describe()}) delivers the reload"
-              if daemon.reload else f"the daemon ({daemon.describe()}) has reloading disabled")
+        print(
+            f"the daemon ({daemon.describe()}) delivers the reload"
+            if daemon.reload
+            else f"the daemon ({daemon.describe()}) has reloading disabled"
+        )
         return
     result = promoter.delivery.send_pending()
     if result is not None and result.error is not None:
-        raise RollbackError(f"switched to {version}, but the reload failed "
-                            f"({result.error.reason}); a daemon on this volume retries it "
-                            f"when it starts")
+        raise RollbackError(
+            f"switched to {version}, but the reload failed "
+            f"({result.error.reason}); a daemon on this volume retries it "
+            f"when it starts"
+        )

@@ -62,8 +62,9 @@ def _parse_file_spec(name: str, spec: object) -> FileSpec:
         raise BundleRejected("manifest_invalid", f"files[{name[:80]!r}] is not an object")
     sha = spec.sha256
     if not isinstance(sha, str) or not SHA256_RE.match(sha):
-        raise BundleRejected("manifest_invalid",
-                             f"files[{name[:80]!r}].sha256 is not 64 lowercase hex")
+        raise BundleRejected(
+            "manifest_invalid", f"files[{name[:80]!r}].sha256 is not 64 lowercase hex"
+        )
     size = None if spec.size is ABSENT else spec.size
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise BundleRejected("manifest_invalid", f"files[{name[:80]!r}].size is not a byte count")
@@ -74,8 +75,9 @@ def manifest_from_doc(doc: ManifestDoc) -> Manifest:
     """Decide whether what a manifest says is acceptable (SPEC section 3)."""
     version = None if doc.version is ABSENT else doc.version
     if version is not None and not is_valid_version(version):
-        raise BundleRejected("manifest_invalid", f"version {str(version)[:80]!r} is not a "
-                                                 f"valid name")
+        raise BundleRejected(
+            "manifest_invalid", f"version {str(version)[:80]!r} is not a valid name"
+        )
     files = {} if doc.files is ABSENT else doc.files
     if not isinstance(files, dict):
         raise BundleRejected("manifest_invalid", "files is not an object")
@@ -158,8 +160,9 @@ def check_links(links: dict[str, str]) -> None:
     for rel, target in links.items():
         path = PurePosixPath(rel)
         if lexical_target(path, target) is None or not resolves_inside(path, links):
-            raise BundleRejected("unsafe_path",
-                                 f"symlink {rel!r} points outside the bundle: {target!r}")
+            raise BundleRejected(
+                "unsafe_path", f"symlink {rel!r} points outside the bundle: {target!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,9 @@ def check_tree(root: Path, manifest_name: str = "manifest.json") -> TreeScan:
                 elif stat.S_ISLNK(st.st_mode):
                     links[rel] = os.readlink(entry.path)
                 elif not stat.S_ISREG(st.st_mode):
-                    raise BundleRejected("unsafe_path",
-                                         f"{rel!r} is not a regular file or directory")
+                    raise BundleRejected(
+                        "unsafe_path", f"{rel!r} is not a regular file or directory"
+                    )
                 else:
                     regular += 0 if _not_content(rel, manifest_name) else 1
                     linked += st.st_nlink > 1
@@ -211,17 +215,18 @@ def check_tree(root: Path, manifest_name: str = "manifest.json") -> TreeScan:
 
 def _check_limits(entries: int, links: int, depth: int, rel: str) -> None:
     if entries > MAX_TREE_ENTRIES:
-        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_TREE_ENTRIES} "
-                                            f"entries")
+        raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_TREE_ENTRIES} entries")
     if links > MAX_LINKS:
         raise BundleRejected("unsafe_path", f"the bundle has more than {MAX_LINKS} symlinks")
     if depth >= MAX_TREE_DEPTH:
-        raise BundleRejected("unsafe_path", f"{rel[:80]!r} is nested deeper than "
-                                            f"{MAX_TREE_DEPTH} directories")
+        raise BundleRejected(
+            "unsafe_path", f"{rel[:80]!r} is nested deeper than {MAX_TREE_DEPTH} directories"
+        )
 
 
-def read_manifest(root: Path, name: str, required: bool,
-                  progress: Progress | None = None) -> Manifest | None:
+def read_manifest(
+    root: Path, name: str, required: bool, progress: Progress | None = None
+) -> Manifest | None:
     path = root / name
     try:
         mode = path.lstat().st_mode
@@ -247,8 +252,9 @@ class _Tee:
         return data
 
 
-def read_signed_manifest(root: Path, name: str, keys: TrustedKeys,
-                         progress: Progress | None = None) -> Manifest:
+def read_signed_manifest(
+    root: Path, name: str, keys: TrustedKeys, progress: Progress | None = None
+) -> Manifest:
     """The manifest, read once: its bytes parsed and their signature verified together.
 
     Nothing can change the bytes between the check and the parse, and a manifest at the
@@ -262,8 +268,9 @@ def read_signed_manifest(root: Path, name: str, keys: TrustedKeys,
     step = progress.step if progress is not None else _nothing
     with path.open("rb") as fh:
         if os.fstat(fh.fileno()).st_size > DEFAULT_LIMITS.max_bytes:
-            raise BundleRejected("signature_invalid", f"{name} is larger than the signed "
-                                                      f"manifest cap")
+            raise BundleRejected(
+                "signature_invalid", f"{name} is larger than the signed manifest cap"
+            )
         tee = _Tee(fh, verifier)
         try:
             doc: ManifestDoc | BundleRejected = read_manifest_stream(tee, step=step)
@@ -272,8 +279,9 @@ def read_signed_manifest(root: Path, name: str, keys: TrustedKeys,
         while tee.read(CHUNK):  # a parse that stopped early: verify every byte anyway
             step()
     if not verifier.verified():
-        raise BundleRejected("signature_invalid",
-                             f"no key of {keys.path} verifies the signature of {name}")
+        raise BundleRejected(
+            "signature_invalid", f"no key of {keys.path} verifies the signature of {name}"
+        )
     if isinstance(doc, BundleRejected):
         raise doc
     return manifest_from_doc(doc)
@@ -333,9 +341,8 @@ def check_files(root: Path, files: dict[str, FileSpec], progress: Progress | Non
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") as pool:
         for start in range(0, len(items), HASH_BATCH):
-            batch = items[start:start + HASH_BATCH]
-            results = pool.map(lambda item: _hash_matches(root, item[0], item[1], progress),
-                               batch)
+            batch = items[start : start + HASH_BATCH]
+            results = pool.map(lambda item: _hash_matches(root, item[0], item[1], progress), batch)
             for (name, _spec), ok in zip(batch, results, strict=True):
                 _raise_unless(ok, name)
 
@@ -345,8 +352,9 @@ def _raise_unless(ok: bool, name: str) -> None:
         raise BundleRejected("checksum_mismatch", f"{name[:200]!r} does not match its sha256")
 
 
-def check_contents(root: Path, manifest_name: str, require_manifest: bool,
-                   progress: Progress | None = None) -> Manifest | None:
+def check_contents(
+    root: Path, manifest_name: str, require_manifest: bool, progress: Progress | None = None
+) -> Manifest | None:
     """The manifest (None when there is none) after every listed file checked out."""
     manifest = read_manifest(root, manifest_name, require_manifest, progress)
     if manifest is not None:

@@ -25,8 +25,9 @@ OUTCOME_LABELS = {"promoted": "success", "rejected": "rejected", "io_error": "er
 
 
 class JournalledChanges:
-    def __init__(self, layout: Layout, metrics: Metrics, delivery: ReloadDelivery,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, layout: Layout, metrics: Metrics, delivery: ReloadDelivery, clock: Callable[[], float]
+    ) -> None:
         self.layout = layout
         self.metrics = metrics
         self.delivery = delivery
@@ -79,48 +80,82 @@ class JournalledChanges:
         self._switch(name)
         self.delivery.set_pending(name, intent.previous, rollback_allowed=True)
         duration = max(self.clock() - intent.claim.claimed, 0.0)
-        self._record_once(history.make_event("promoted", name, self.clock, duration_seconds=round(
-            duration, 6), previous=intent.previous, digest=intent.digest))
+        self._record_once(
+            history.make_event(
+                "promoted",
+                name,
+                self.clock,
+                duration_seconds=round(duration, 6),
+                previous=intent.previous,
+                digest=intent.digest,
+            )
+        )
         self._remember(intent.digest, "promoted", name)
         self.metrics.promotions.labels(OUTCOME_LABELS["promoted"]).inc()
         self.metrics.promotion_duration.observe(duration)
         self.metrics.last_success.set(self.clock())
-        log.info("promoted %s in %.3f s (previous: %s)", name, duration,
-                 intent.previous or "nothing")
+        log.info(
+            "promoted %s in %.3f s (previous: %s)", name, duration, intent.previous or "nothing"
+        )
 
     def _finish_reject(self, intent: Reject) -> None:
         if self.layout.incoming.exists():
-            volume.write_rejection(self.layout.incoming, {
-                "reason": intent.reason, "detail": intent.detail,
-                "time": history.rfc3339(intent.time)})
+            volume.write_rejection(
+                self.layout.incoming,
+                {
+                    "reason": intent.reason,
+                    "detail": intent.detail,
+                    "time": history.rfc3339(intent.time),
+                },
+            )
             volume.publish_dir(self.layout.incoming, self.layout.rejected / intent.name, False)
         self._release(intent.claim)
-        self._record_once(history.make_event("rejected", intent.name, self.clock,
-                                             reason=intent.reason, detail=intent.detail,
-                                             digest=intent.digest))
+        self._record_once(
+            history.make_event(
+                "rejected",
+                intent.name,
+                self.clock,
+                reason=intent.reason,
+                detail=intent.detail,
+                digest=intent.digest,
+            )
+        )
         self._remember(intent.digest, "rejected", None)
         self.metrics.promotions.labels(OUTCOME_LABELS["rejected"]).inc()
         self.metrics.promotion_failures.labels(intent.reason).inc()
         self.retention_due = True
-        log.warning("rejected the staged bundle as rejected/%s: %s: %s", intent.name,
-                    intent.reason, intent.detail)
+        log.warning(
+            "rejected the staged bundle as rejected/%s: %s: %s",
+            intent.name,
+            intent.reason,
+            intent.detail,
+        )
 
     def _finish_adopt(self, intent: Adopt) -> None:
         if volume.link_state(self.layout).kind == "directory":
             volume.publish_dir(self.layout.current, self.layout.version_dir(intent.name), True)
         self._switch(intent.name)
-        self._record_once(history.make_event("promoted", intent.name, self.clock,
-                                             reason="adopted"))
-        log.info("adopted the former directory %s as version %s", self.layout.current,
-                 intent.name)
+        self._record_once(history.make_event("promoted", intent.name, self.clock, reason="adopted"))
+        log.info("adopted the former directory %s as version %s", self.layout.current, intent.name)
 
     def _finish_rollback(self, intent: Rollback) -> None:
         self._switch(intent.name)
         self.delivery.set_pending(intent.name, intent.previous, rollback_allowed=False)
-        self._record_once(history.make_event("rolled_back", intent.name, self.clock,
-                                             previous=intent.previous, trigger=intent.trigger))
-        log.warning("rolled back to %s (from %s, trigger %s)", intent.name,
-                    intent.previous or "nothing", intent.trigger)
+        self._record_once(
+            history.make_event(
+                "rolled_back",
+                intent.name,
+                self.clock,
+                previous=intent.previous,
+                trigger=intent.trigger,
+            )
+        )
+        log.warning(
+            "rolled back to %s (from %s, trigger %s)",
+            intent.name,
+            intent.previous or "nothing",
+            intent.trigger,
+        )
 
     def _remember(self, digest: str | None, outcome: str, version: str | None) -> None:
         """A pulled bundle's verdict, so that its digest is never pulled again."""

@@ -381,12 +381,15 @@ def _cmd_push(config: Config, args: argparse.Namespace) -> int:
     sign = None if args.sign is None else Path(args.sign)
     overrides = settle(src, config.manifest_name, sign)
     auth = config.registry_auth_file or Path.home() / ".docker" / "config.json"
-    result = push(src, target, overrides, insecure=frozenset(config.source_insecure),
-                  auth_file=auth)
+    result = push(
+        src, target, overrides, insecure=frozenset(config.source_insecure), auth_file=auth
+    )
     where = printable(f"{target.registry}/{target.repository}:{target.tag}")
-    print(f"pushed {where} {result.digest}{', signed' if sign else ''}: "
-          f"{result.layers} layers, {result.uploaded} uploaded, "
-          f"{result.skipped} already in the registry")
+    print(
+        f"pushed {where} {result.digest}{', signed' if sign else ''}: "
+        f"{result.layers} layers, {result.uploaded} uploaded, "
+        f"{result.skipped} already in the registry"
+    )
     return EXIT_OK
 
 

@@ -143,8 +143,10 @@ def parse_url(name: str, raw: str) -> str:
     except ValueError:
         raise bad_url from None
     if "@" in parts.netloc:
-        raise ConfigError(f"{name}: credentials in the URL {_shown_url(raw)} are not allowed "
-                          "(they would be sent instead of the token): use RELOAD_TOKEN_FILE")
+        raise ConfigError(
+            f"{name}: credentials in the URL {_shown_url(raw)} are not allowed "
+            "(they would be sent instead of the token): use RELOAD_TOKEN_FILE"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise bad_url
     return value
@@ -187,8 +189,10 @@ def parse_source(name: str, raw: str) -> str:
     value = raw.strip()
     rest = value.removeprefix("oci://")
     if rest == value or "/" not in rest or "@" in rest.split("/", 1)[0]:
-        raise ConfigError(f"{name}: expected oci://REGISTRY/REPOSITORY:TAG or "
-                          f"oci://REGISTRY/REPOSITORY@sha256:<hex>, got {value[:120]!r}")
+        raise ConfigError(
+            f"{name}: expected oci://REGISTRY/REPOSITORY:TAG or "
+            f"oci://REGISTRY/REPOSITORY@sha256:<hex>, got {value[:120]!r}"
+        )
     return value
 
 
@@ -214,7 +218,9 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
     "poll_default": ("POLL_DEFAULT", None, parse_interval),
     "reload_url": ("RELOAD_URL", "--reload-url", parse_url),
     "reload_method": (
-        "RELOAD_METHOD", None, lambda n, r: parse_choice(n, r, RELOAD_METHODS, upper=True)
+        "RELOAD_METHOD",
+        None,
+        lambda n, r: parse_choice(n, r, RELOAD_METHODS, upper=True),
     ),
     "reload_timeout": ("RELOAD_TIMEOUT", None, lambda n, r: parse_number(n, r, 0.001, 3600)),
     "reload_retries": ("RELOAD_RETRIES", None, lambda n, r: parse_int(n, r, 0, 100)),
@@ -228,21 +234,28 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
     "metrics_port": ("METRICS_PORT", "--metrics-port", lambda n, r: parse_int(n, r, 0, 65535)),
     "log_level": ("LOG_LEVEL", "--log-level", lambda n, r: parse_choice(n, r, LOG_LEVELS, True)),
     "log_format": (
-        "LOG_FORMAT", "--log-format", lambda n, r: parse_choice(n, r, LOG_FORMATS, False)
+        "LOG_FORMAT",
+        "--log-format",
+        lambda n, r: parse_choice(n, r, LOG_FORMATS, False),
     ),
     "watch": ("WATCH", "--watch", parse_bool),
     "trusted_keys_file": ("TRUSTED_KEYS_FILE", None, parse_path),
     "source": ("SOURCE", None, parse_source),
-    "source_poll_seconds": (
-        "SOURCE_POLL_SECONDS", None, lambda n, r: parse_number(n, r, 5, 86400)
-    ),
+    "source_poll_seconds": ("SOURCE_POLL_SECONDS", None, lambda n, r: parse_number(n, r, 5, 86400)),
     "source_insecure": ("SOURCE_INSECURE", None, parse_hosts),
     "registry_auth_file": ("REGISTRY_AUTH_FILE", None, parse_path),
 }
 # Optional strings where an empty environment value means "unset" (as Kubernetes renders
 # an optional ConfigMap key); RELOAD_URL="" means "reloading disabled" (SPEC section 6).
-_EMPTY_MEANS_UNSET = {"RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL",
-                      "TRUSTED_KEYS_FILE", "SOURCE", "SOURCE_INSECURE", "REGISTRY_AUTH_FILE"}
+_EMPTY_MEANS_UNSET = {
+    "RELOAD_TOKEN",
+    "RELOAD_TOKEN_FILE",
+    "RELOAD_VERIFY_URL",
+    "TRUSTED_KEYS_FILE",
+    "SOURCE",
+    "SOURCE_INSECURE",
+    "REGISTRY_AUTH_FILE",
+}
 
 
 _UNSET = object()

@@ -49,10 +49,16 @@ def parse_pending(raw: object) -> PendingReload:
 
 
 class ReloadDelivery:
-    def __init__(self, layout: Layout, reloader: Reloader, metrics: Metrics,
-                 clock: Callable[[], float] = time.time,
-                 on_damage: Callable[[StateDamaged], None] | None = None,
-                 retried_later: bool = True, record_pending: bool | None = None) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        reloader: Reloader,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        on_damage: Callable[[StateDamaged], None] | None = None,
+        retried_later: bool = True,
+        record_pending: bool | None = None,
+    ) -> None:
         self.layout = layout
         self.reloader = reloader
         self.metrics = metrics
@@ -74,8 +80,9 @@ class ReloadDelivery:
         if not self.record_pending:
             self.layout.pending_reload.unlink(missing_ok=True)
             return
-        pending = PendingReload(name, str(self.layout.version_dir(name)), previous,
-                                rollback_allowed)
+        pending = PendingReload(
+            name, str(self.layout.version_dir(name)), previous, rollback_allowed
+        )
         fsops.atomic_write_json(self.layout.pending_reload, asdict(pending))
 
     def pending(self) -> PendingReload | None:
@@ -99,12 +106,12 @@ class ReloadDelivery:
         if pending is None:
             return None
         if not self.enabled:
-            log.info("reloading is disabled: dropping the pending reload of %s",
-                     pending.version)
+            log.info("reloading is disabled: dropping the pending reload of %s", pending.version)
             self.layout.pending_reload.unlink(missing_ok=True)
             return None
-        result = self.reloader.reload(ReloadRequest(pending.version, pending.path,
-                                                    pending.previous))
+        result = self.reloader.reload(
+            ReloadRequest(pending.version, pending.path, pending.previous)
+        )
         self._count(result)
         with fsops.volume_lock(self.layout.lock, wait=True):
             if result.error is None:
@@ -113,8 +120,9 @@ class ReloadDelivery:
                 self._failed(pending, result)
         return result
 
-    def send_pending_or_roll_back(self, rollback_enabled: bool,
-                                  rollback: Callable[[str, str], object]) -> bool:
+    def send_pending_or_roll_back(
+        self, rollback_enabled: bool, rollback: Callable[[str, str], object]
+    ) -> bool:
         """Send the pending reload; when it fails and rolling back is enabled and
         allowed, roll back to its previous version and send that reload. Whether the
         (first) reload failed."""
@@ -122,8 +130,12 @@ class ReloadDelivery:
         result = self.send_pending()
         if result is None or result.error is None:
             return False
-        if rollback_enabled and pending is not None and pending.rollback_allowed \
-                and pending.previous is not None:
+        if (
+            rollback_enabled
+            and pending is not None
+            and pending.rollback_allowed
+            and pending.previous is not None
+        ):
             rollback(pending.previous, pending.version)
             self.send_pending()
         return True
@@ -131,21 +143,41 @@ class ReloadDelivery:
     def _succeeded(self, pending: PendingReload, result: ReloadResult) -> None:
         if _read_pending_or_none(self.layout) == pending:
             self.layout.pending_reload.unlink()
-        history.append(self.layout.history, history.make_event(
-            "reload", pending.version, self.clock, outcome="success",
-            duration_seconds=round(result.duration, 6)))
+        history.append(
+            self.layout.history,
+            history.make_event(
+                "reload",
+                pending.version,
+                self.clock,
+                outcome="success",
+                duration_seconds=round(result.duration, 6),
+            ),
+        )
         self._failure_recorded = None
         log.info("model server reloaded %s", pending.version)
 
     def _failed(self, pending: PendingReload, result: ReloadResult) -> None:
         assert result.error is not None
-        log.warning("reload of %s failed (%s): %s%s", pending.version, result.error.reason,
-                    result.error.detail, "; retrying on later polls" if self.retried_later else "")
+        log.warning(
+            "reload of %s failed (%s): %s%s",
+            pending.version,
+            result.error.reason,
+            result.error.detail,
+            "; retrying on later polls" if self.retried_later else "",
+        )
         if self._failure_recorded != pending.version:
             self._failure_recorded = pending.version
-            history.append(self.layout.history, history.make_event(
-                "reload", pending.version, self.clock, outcome="failure",
-                reason=result.error.reason, duration_seconds=round(result.duration, 6)))
+            history.append(
+                self.layout.history,
+                history.make_event(
+                    "reload",
+                    pending.version,
+                    self.clock,
+                    outcome="failure",
+                    reason=result.error.reason,
+                    duration_seconds=round(result.duration, 6),
+                ),
+            )
 
     def _count(self, result: ReloadResult) -> None:
         self.metrics.reload_requests.labels("success").inc(result.attempts - result.failed_attempts)

@@ -279,8 +279,9 @@ def switch_link(link: Path, target_dir: Path) -> None:
     fsync_dir(link.parent)
 
 
-def copy_entry(src: Path, dst: Path,
-               copy_file: Callable[[str, str], object] | None = None) -> list[str]:
+def copy_entry(
+    src: Path, dst: Path, copy_file: Callable[[str, str], object] | None = None
+) -> list[str]:
     """Copy a file, symlink or tree without following symlinks; the special files skipped.
 
     Fifos, devices and sockets hold no data and cannot be copied safely; they are

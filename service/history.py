@@ -41,9 +41,16 @@ class Event(TypedDict, total=False):
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "time": (str,), "version": (str, type(None)), "previous": (str, type(None)),
-    "outcome": (str,), "duration_seconds": (int, float), "reason": (str,),
-    "detail": (str,), "trigger": (str,), "digest": (str,), "reference": (str,),
+    "time": (str,),
+    "version": (str, type(None)),
+    "previous": (str, type(None)),
+    "outcome": (str,),
+    "duration_seconds": (int, float),
+    "reason": (str,),
+    "detail": (str,),
+    "trigger": (str,),
+    "digest": (str,),
+    "reference": (str,),
     "bytes": (int,),
 }
 
@@ -52,8 +59,9 @@ def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def make_event(event: EventKind, version: str | None, clock: Callable[[], float],
-               **fields: object) -> Event:
+def make_event(
+    event: EventKind, version: str | None, clock: Callable[[], float], **fields: object
+) -> Event:
     record: dict[str, object] = {"event": event, "time": rfc3339(clock()), "version": version}
     record.update({k: v for k, v in fields.items() if v is not None})
     return cast(Event, record)
@@ -111,8 +119,11 @@ def parse_lines(data: bytes) -> Events:
 def read(path: Path) -> list[Event]:
     """Every well-formed event, read line by line (a long history is never one buffer)."""
     try:
-        return [e for line in _lines(path) if line.endswith(b"\n")
-                and (e := parse_event(line.rstrip(b"\n"))) is not None]
+        return [
+            e
+            for line in _lines(path)
+            if line.endswith(b"\n") and (e := parse_event(line.rstrip(b"\n"))) is not None
+        ]
     except FileNotFoundError:
         return []
 
@@ -128,7 +139,7 @@ def read_tail_events(path: Path, max_bytes: int = TAIL_BYTES) -> Events:
     except FileNotFoundError:
         return Events()
     if size > max_bytes:
-        data = data[data.find(b"\n") + 1:]  # the first line is cut
+        data = data[data.find(b"\n") + 1 :]  # the first line is cut
     return parse_lines(data)
 
 
@@ -171,8 +182,11 @@ def previous_version(path: Path, events: list[Event], current: str | None) -> st
     """previous_of() over the tail events, reading the whole history only when the switch
     to current is older than the tail."""
     previous = previous_of(events, current)
-    if previous is None and current is not None and not any(
-            e.get("version") == current and e.get("event") in SWITCH_EVENTS for e in events):
+    if (
+        previous is None
+        and current is not None
+        and not any(e.get("version") == current and e.get("event") in SWITCH_EVENTS for e in events)
+    ):
         previous = previous_of(read(path), current)
     return previous
 

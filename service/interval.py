@@ -17,8 +17,9 @@ def check_interval(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number of seconds, got {str(value)[:40]!r}")
     if not math.isfinite(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
-        raise ValueError(f"must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds, got {value!r}"
+        )
     return float(value)
 
 

@@ -130,8 +130,11 @@ def _digest(raw: dict[str, object]) -> str | None:
 def _claim(raw: dict[str, object]) -> Claim:
     ready = raw.get("ready")
     if ready is not None:
-        if not (isinstance(ready, list) and len(ready) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in ready)):
+        if not (
+            isinstance(ready, list)
+            and len(ready) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in ready)
+        ):
             raise TypeError("claim.ready is not [inode, mtime_ns]")
         ready = (ready[0], ready[1])
     entries = _field(raw, "entries", list)

@@ -17,8 +17,9 @@ class Layout:
 
     @classmethod
     def from_config(cls, config: Config) -> Layout:
-        return cls(config.models_root, config.staging_dir, config.current_link,
-                   config.manifest_name)
+        return cls(
+            config.models_root, config.staging_dir, config.current_link, config.manifest_name
+        )
 
     @property
     def versions(self) -> Path:
@@ -81,5 +82,12 @@ class Layout:
 
     def dirs(self) -> tuple[Path, ...]:
         """Directories the sidecar creates when they are missing."""
-        return (self.root, self.staging, self.versions, self.rejected, self.state,
-                self.work, self.trash)
+        return (
+            self.root,
+            self.staging,
+            self.versions,
+            self.rejected,
+            self.state,
+            self.work,
+            self.trash,
+        )

@@ -76,9 +76,13 @@ def _parse(data: bytes) -> DaemonInfo | None:
     if not isinstance(raw, dict):
         return None
     try:
-        return DaemonInfo(int(raw["pid"]), str(raw["host"]), str(raw["started"]),
-                          None if raw.get("reload") is None else str(raw["reload"]),
-                          str(raw.get("reload_method", "POST")))
+        return DaemonInfo(
+            int(raw["pid"]),
+            str(raw["host"]),
+            str(raw["started"]),
+            None if raw.get("reload") is None else str(raw["reload"]),
+            str(raw.get("reload_method", "POST")),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -31,8 +31,10 @@ def placement_problem(root: Path, staging: Path, current: Path) -> str | None:
     if current.parent != root:
         return f"CURRENT_LINK {current} must be directly inside MODELS_ROOT {root}"
     if current.name in RESERVED:
-        return f"CURRENT_LINK {current} is reserved in MODELS_ROOT {root} (staging, " \
-               f"versions, rejected and .sidecar are the sidecar's)"
+        return (
+            f"CURRENT_LINK {current} is reserved in MODELS_ROOT {root} (staging, "
+            f"versions, rejected and .sidecar are the sidecar's)"
+        )
     if staging == current:
         return f"STAGING_DIR and CURRENT_LINK are the same path: {staging}"
     if _inside(root, staging):
@@ -57,8 +59,10 @@ def check_placement(config: Config) -> None:
         raise ConfigError(problem)
     for own in OWN_DIRS:
         if (root / own).is_symlink():
-            raise ConfigError(f"{root / own} is a symlink; the sidecar's own directories in "
-                              f"MODELS_ROOT {root} must be real directories")
+            raise ConfigError(
+                f"{root / own} is a symlink; the sidecar's own directories in "
+                f"MODELS_ROOT {root} must be real directories"
+            )
 
 
 def _who() -> str:
@@ -71,18 +75,23 @@ def check_volume(config: Config, create: bool) -> None:
     root = config.models_root
     if not os.path.lexists(root) or (root.is_symlink() and not root.exists()):
         if not create:
-            raise ConfigError(f"MODELS_ROOT {root} does not exist (only the daemon creates "
-                              f"it; is --models-root right?)")
+            raise ConfigError(
+                f"MODELS_ROOT {root} does not exist (only the daemon creates "
+                f"it; is --models-root right?)"
+            )
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"MODELS_ROOT {root} cannot be created: {exc.strerror} "
-                              f"(running as {_who()})") from None
+            raise ConfigError(
+                f"MODELS_ROOT {root} cannot be created: {exc.strerror} (running as {_who()})"
+            ) from None
     if not root.is_dir():
         raise ConfigError(f"MODELS_ROOT {root} is not a directory")
     if not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigError(f"MODELS_ROOT {root} is not writable by this process (running as "
-                          f"{_who()}; owner uid {root.stat().st_uid}, gid "
-                          f"{root.stat().st_gid}); fix runAsUser/fsGroup or the directory's "
-                          f"owner")
+        raise ConfigError(
+            f"MODELS_ROOT {root} is not writable by this process (running as "
+            f"{_who()}; owner uid {root.stat().st_uid}, gid "
+            f"{root.stat().st_gid}); fix runAsUser/fsGroup or the directory's "
+            f"owner"
+        )
     check_placement(config)

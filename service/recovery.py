@@ -22,8 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, layout: Layout, changes: JournalledChanges, clock: Callable[[], float],
-                 on_damage: Callable[[StateDamaged], None]) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        changes: JournalledChanges,
+        clock: Callable[[], float],
+        on_damage: Callable[[StateDamaged], None],
+    ) -> None:
         self.layout = layout
         self.changes = changes
         self.clock = clock
@@ -75,8 +80,11 @@ class Recovery:
         if not history.read_tail_events(self.layout.history).damaged:
             return False
         aside = history.repair(self.layout.history, self.clock())
-        self.on_damage(StateDamaged(f"{self.layout.history} had damaged lines; the "
-                                    f"original is kept as {aside.name}"))
+        self.on_damage(
+            StateDamaged(
+                f"{self.layout.history} had damaged lines; the original is kept as {aside.name}"
+            )
+        )
         return True
 
     def _adopt(self) -> None:
@@ -89,8 +97,11 @@ class Recovery:
         if not link.is_symlink():
             raise TransientError(f"{link} is neither a symlink nor a directory; move it away")
         existing = set(volume.list_dirs(self.layout.versions))
-        order = [v for v in history.promotion_order(history.read_tail(self.layout.history))
-                 if v in existing] or sorted(existing)
+        order = [
+            v
+            for v in history.promotion_order(history.read_tail(self.layout.history))
+            if v in existing
+        ] or sorted(existing)
         if not order:
             log.error("%s is broken and no version exists: removing it", link)
             link.unlink()

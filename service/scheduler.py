@@ -46,9 +46,15 @@ STOP_GRACE = 3.0  # seconds a stop waits for a reload in flight (SPEC 9: exit wi
 
 
 class Daemon:
-    def __init__(self, promoter: Promoter, metrics: Metrics, health: Health,
-                 clock: Callable[[], float], progress: Progress | None = None,
-                 lock: DaemonLock | None = None) -> None:
+    def __init__(
+        self,
+        promoter: Promoter,
+        metrics: Metrics,
+        health: Health,
+        clock: Callable[[], float],
+        progress: Progress | None = None,
+        lock: DaemonLock | None = None,
+    ) -> None:
         self.promoter = promoter
         self.progress = progress or promoter.progress
         self.lock = lock
@@ -68,8 +74,10 @@ class Daemon:
         # APScheduler 3 raise JobLookupError when it updates the removed job.)
         self.scheduler = BlockingScheduler(
             # The pull job has its own thread: a download never delays a promotion.
-            executors={"default": ThreadPoolExecutor(max_workers=1),
-                       "pull": ThreadPoolExecutor(max_workers=1)},
+            executors={
+                "default": ThreadPoolExecutor(max_workers=1),
+                "pull": ThreadPoolExecutor(max_workers=1),
+            },
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -170,8 +178,9 @@ class Daemon:
     def run(self, early: EarlyStop | None = None) -> None:
         """Run until a stop signal; ``early`` holds one received during start-up."""
         self._set_interval(self.interval)
-        self.scheduler.add_job(self.poll, "interval", seconds=self.interval, id=JOB_ID,
-                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(
+            self.poll, "interval", seconds=self.interval, id=JOB_ID, next_run_time=datetime.now(UTC)
+        )
         if self.pull is not None:
             self._add_pull_job()
         self.scheduler.add_listener(self._after_poll, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
@@ -179,8 +188,7 @@ class Daemon:
         if early is not None:
             previous = early.previous
             if early.signum is not None:
-                log.info("received %s during start-up: stopping",
-                         signal.Signals(early.signum).name)
+                log.info("received %s during start-up: stopping", signal.Signals(early.signum).name)
                 install_signal_handlers(previous)
                 return
         self.health.running = True
@@ -202,9 +210,15 @@ class Daemon:
         seconds = self.pull_seconds
         # The jitter spreads the checks of a fleet that started together (a thundering
         # herd on the registry when a tag moves); the first check runs at start.
-        self.scheduler.add_job(self.pull_once, "interval", seconds=seconds, id=PULL_JOB_ID,
-                               executor="pull", jitter=pull_jitter(seconds),
-                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(
+            self.pull_once,
+            "interval",
+            seconds=seconds,
+            id=PULL_JOB_ID,
+            executor="pull",
+            jitter=pull_jitter(seconds),
+            next_run_time=datetime.now(UTC),
+        )
 
     def _wait_for_pull(self) -> bool:
         """A stopped pull ends at its next chunk; one blocked on the network (up to its
@@ -212,8 +226,7 @@ class Daemon:
         if self._pulling.acquire(timeout=PULL_STOP_GRACE):
             self._pulling.release()
             return True
-        log.warning("stopping with a pull waiting on the registry; it resumes at the "
-                    "next start")
+        log.warning("stopping with a pull waiting on the registry; it resumes at the next start")
         return False
 
     def _wait_for_pass(self) -> bool:
@@ -222,8 +235,7 @@ class Daemon:
         for STOP_GRACE seconds. Whether the pass finished."""
         while not self.promoter.pass_lock.acquire(timeout=STOP_GRACE):
             if not self.promoter.changing.is_set():
-                log.warning("stopping with a reload in flight; it is sent again at the "
-                            "next start")
+                log.warning("stopping with a reload in flight; it is sent again at the next start")
                 return False
         self.promoter.pass_lock.release()
         return True

@@ -32,5 +32,7 @@ class EarlyStop:
 
 def install_signal_handlers(handler: Any) -> dict[int, Any]:
     """Install handler (or a mapping signal -> handler); the previous handlers."""
-    return {sig: signal.signal(sig, handler[sig] if isinstance(handler, dict) else handler)
-            for sig in STOP_SIGNALS}
+    return {
+        sig: signal.signal(sig, handler[sig] if isinstance(handler, dict) else handler)
+        for sig in STOP_SIGNALS
+    }

@@ -36,8 +36,7 @@ MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_SIGNATURE_FILE_BYTES = 4096
 MAX_KEY_FILE_BYTES = 1024 * 1024
 SIG_SUFFIX = ".sig"
-PEM_BLOCK_RE = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
+PEM_BLOCK_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
 _WHITESPACE = re.compile(rb"\s+")
 
 
@@ -80,7 +79,7 @@ def public_keys_from_pem(text: bytes) -> tuple[bytes, ...]:
             raise ValueError(f"block {number} is a {label}, not a PUBLIC KEY")
         if len(der) != len(SPKI_PREFIX) + KEY_BYTES or not der.startswith(SPKI_PREFIX):
             raise ValueError(f"block {number} is not an Ed25519 public key")
-        keys.append(der[len(SPKI_PREFIX):])
+        keys.append(der[len(SPKI_PREFIX) :])
     return tuple(keys)
 
 
@@ -92,7 +91,7 @@ def private_seed_from_pem(text: bytes) -> bytes:
     der = blocks[0][1]
     if len(der) != len(PKCS8_PREFIX) + KEY_BYTES or not der.startswith(PKCS8_PREFIX):
         raise ValueError("the PRIVATE KEY is not an Ed25519 key")
-    return der[len(PKCS8_PREFIX):]
+    return der[len(PKCS8_PREFIX) :]
 
 
 def decode_signature(text: bytes) -> bytes:
@@ -102,8 +101,9 @@ def decode_signature(text: bytes) -> bytes:
     except (binascii.Error, ValueError):
         raise BundleRejected("signature_invalid", "the signature is not valid base64") from None
     if len(raw) != SIGNATURE_BYTES:
-        raise BundleRejected("signature_invalid",
-                             f"the signature has {len(raw)} bytes, not {SIGNATURE_BYTES}")
+        raise BundleRejected(
+            "signature_invalid", f"the signature has {len(raw)} bytes, not {SIGNATURE_BYTES}"
+        )
     return raw
 
 
@@ -137,8 +137,10 @@ class StreamVerifier:
             hasher.update(chunk)
 
     def verified(self) -> bool:
-        return any(_verify_with_k(hasher.digest(), self.signature, key)
-                   for hasher, key in zip(self._hashers, self.keys, strict=True))
+        return any(
+            _verify_with_k(hasher.digest(), self.signature, key)
+            for hasher, key in zip(self._hashers, self.keys, strict=True)
+        )
 
 
 def signature_of(root: Path, manifest_name: str) -> bytes:
@@ -264,8 +266,9 @@ def _read_manifest(root: Path, name: str) -> bytes:
     try:
         return _read_bounded(path, MAX_MANIFEST_BYTES)
     except OverflowError:
-        raise BundleRejected("manifest_invalid",
-                             f"manifest is larger than {MAX_MANIFEST_BYTES} B") from None
+        raise BundleRejected(
+            "manifest_invalid", f"manifest is larger than {MAX_MANIFEST_BYTES} B"
+        ) from None
     except OSError:
         raise BundleRejected("manifest_invalid", f"{name} is not a regular file") from None
 
@@ -290,8 +293,9 @@ def check_coverage(root: Path, manifest_name: str, listed: Iterable[str]) -> Non
     covered.update((manifest_name, manifest_name + SIG_SUFFIX, "READY"))
     for rel in regular_files(root):
         if rel not in covered:
-            raise BundleRejected("signature_invalid",
-                                 f"{rel!r} is not listed in the signed manifest's files")
+            raise BundleRejected(
+                "signature_invalid", f"{rel!r} is not listed in the signed manifest's files"
+            )
 
 
 def verify_signature(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
@@ -305,8 +309,9 @@ def verify_signature(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes
     signature = decode_signature(_read_signature(root, manifest_name + SIG_SUFFIX))
     data = _read_manifest(root, manifest_name)
     if not verifies(data, signature, keys.keys):
-        raise BundleRejected("signature_invalid",
-                             f"no key of {keys.path} verifies the signature of {manifest_name}")
+        raise BundleRejected(
+            "signature_invalid", f"no key of {keys.path} verifies the signature of {manifest_name}"
+        )
     return data
 
 

@@ -108,8 +108,9 @@ def check_source(tree: SourceTree, manifest: Manifest | None, src: Path) -> None
         raise StageRefused(f"{src} holds no file besides its manifest: nothing to stage")
     for name, spec in (manifest.files if manifest else {}).items():
         if name in tree.files and spec.size is not None and spec.size != tree.files[name]:
-            raise StageRefused(f"{src / name} has {tree.files[name]} bytes, "
-                               f"its manifest says {spec.size}")
+            raise StageRefused(
+                f"{src / name} has {tree.files[name]} bytes, its manifest says {spec.size}"
+            )
         if name not in tree.files and name not in tree.links:
             raise StageRefused(f"{src / name} is listed in the manifest but missing")
 
@@ -145,8 +146,9 @@ class _Copier:
         return digest.hexdigest()
 
 
-def copy_bundle(src: Path, dst: Path, tree: SourceTree, listed: dict[str, FileSpec],
-                progress: ProgressFn | None) -> dict[str, FileSpec]:
+def copy_bundle(
+    src: Path, dst: Path, tree: SourceTree, listed: dict[str, FileSpec], progress: ProgressFn | None
+) -> dict[str, FileSpec]:
     """Copy the tree, verifying listed checksums; the spec of every regular file."""
     for rel in tree.dirs:
         (dst / rel).mkdir()
@@ -166,8 +168,9 @@ def copy_bundle(src: Path, dst: Path, tree: SourceTree, listed: dict[str, FileSp
     return specs
 
 
-def manifest_bytes(raw: bytes | None, manifest: Manifest | None, specs: dict[str, FileSpec],
-                   version: str | None) -> bytes:
+def manifest_bytes(
+    raw: bytes | None, manifest: Manifest | None, specs: dict[str, FileSpec], version: str | None
+) -> bytes:
     """The producer's manifest unchanged when it already says everything, else one
     that lists every file (the producer's other keys kept)."""
     listed = manifest.files if manifest else {}
@@ -196,8 +199,9 @@ def skipped_names(manifest_name: str) -> set[str]:
     return {manifest_name, signature_name(manifest_name), "READY"}
 
 
-def settle_signature(src: Path, manifest_name: str, raw: bytes | None, data: bytes,
-                     sign: Path | None) -> bytes | None:
+def settle_signature(
+    src: Path, manifest_name: str, raw: bytes | None, data: bytes, sign: Path | None
+) -> bytes | None:
     """The ``<manifest>.sig`` to write with the manifest data: a new one with sign, else
     the producer's own when its manifest is kept byte for byte (StageRefused when the
     manifest had to be rewritten: that signature would never verify)."""
@@ -209,8 +213,10 @@ def settle_signature(src: Path, manifest_name: str, raw: bytes | None, data: byt
     if not os.path.lexists(path):
         return None
     if data != raw:
-        raise StageRefused(f"{path} signs a manifest that does not list every file (or "
-                           f"another version); sign with --sign KEY, or remove it")
+        raise StageRefused(
+            f"{path} signs a manifest that does not list every file (or "
+            f"another version); sign with --sign KEY, or remove it"
+        )
     if not path.is_file() or path.is_symlink() or path.stat().st_size > 4096:
         raise StageRefused(f"{path} is not a regular file of at most 4096 bytes")
     return path.read_bytes()
@@ -231,16 +237,23 @@ def check_staging_free(layout: Layout) -> None:
         raise StageRefused(f"{layout.staging} is not empty: a producer may be writing to it")
 
 
-def stage_bundle(src: Path, layout: Layout, version: str | None,
-                 progress: ProgressFn | None = None, sign: Path | None = None) -> Staged:
+def stage_bundle(
+    src: Path,
+    layout: Layout,
+    version: str | None,
+    progress: ProgressFn | None = None,
+    sign: Path | None = None,
+) -> Staged:
     """Stage the bundle at src into layout's staging directory; with sign (an Ed25519
     private key in PEM), ``<manifest>.sig`` over the manifest written, before READY."""
     check_signing_key(sign)  # a bad key refuses before anything is copied
     if not src.is_dir():
         raise ConfigError(f"BUNDLE_DIR: {src} is not a directory")
     if not layout.root.is_dir():
-        raise ConfigError(f"MODELS_ROOT {layout.root} is not a directory (stage never "
-                          f"creates the volume; is --models-root right?)")
+        raise ConfigError(
+            f"MODELS_ROOT {layout.root} is not a directory (stage never "
+            f"creates the volume; is --models-root right?)"
+        )
     raw, manifest = read_source_manifest(src, layout.manifest_name)
     if manifest is not None:  # "./a" and "a" name the same file
         files = {PurePosixPath(k).as_posix(): v for k, v in manifest.files.items()}
@@ -251,18 +264,16 @@ def stage_bundle(src: Path, layout: Layout, version: str | None,
     layout.staging.mkdir(exist_ok=True)  # a daemon starting now may create it too
     check_staging_free(layout)
     try:
-        specs = copy_bundle(src, layout.staging, tree, manifest.files if manifest else {},
-                            progress)
+        specs = copy_bundle(src, layout.staging, tree, manifest.files if manifest else {}, progress)
         data = manifest_bytes(raw, manifest, specs, chosen)
         fsops.atomic_write_bytes(layout.staging / layout.manifest_name, data)
         signature = settle_signature(src, layout.manifest_name, raw, data, sign)
         if signature is not None:
-            fsops.atomic_write_bytes(layout.staging / signature_name(layout.manifest_name),
-                                     signature)
+            fsops.atomic_write_bytes(
+                layout.staging / signature_name(layout.manifest_name), signature
+            )
         fsops.atomic_write_bytes(layout.ready, b"")
     except BaseException:
         fsops.empty_dir(layout.staging)  # it was empty: leave nothing half-staged
         raise
     return Staged(len(specs), tree.total_bytes, chosen)
-
-

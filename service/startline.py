@@ -28,8 +28,9 @@ def _following(config: Config) -> list[str]:
     if config.source is None:
         return []
     signed = ", signatures required" if config.trusted_keys_file is not None else ""
-    return [f"following {printable(config.source)} every "
-            f"{_seconds(config.source_poll_seconds)}{signed}"]
+    return [
+        f"following {printable(config.source)} every {_seconds(config.source_poll_seconds)}{signed}"
+    ]
 
 
 def start_message(

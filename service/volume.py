@@ -105,8 +105,9 @@ def copy_file(src: str, dst: str, progress: Progress) -> None:
     shutil.copystat(src, dst)
 
 
-def claim(layout: Layout, entries: list[str],
-          progress: Progress | None = None) -> tuple[bool, list[str]]:
+def claim(
+    layout: Layout, entries: list[str], progress: Progress | None = None
+) -> tuple[bool, list[str]]:
     """Move the staged entries into the work dir, or copy them across filesystems.
 
     Returns whether they were copied (then staging still holds them) and the special
@@ -124,8 +125,9 @@ def claim(layout: Layout, entries: list[str],
                 if exc.errno != errno.EXDEV:
                     raise
             copied = True
-        skipped += fsops.copy_entry(src, dst, functools.partial(copy_file,
-                                                                progress=progress or Progress()))
+        skipped += fsops.copy_entry(
+            src, dst, functools.partial(copy_file, progress=progress or Progress())
+        )
     return copied, skipped  # made durable by fsops.sync_tree before the journal is written
 
 

@@ -47,7 +47,7 @@ def parse_events(buffer: bytes, staging_wd: int, state_wd: int) -> Events:
     offset = 0
     while offset + _EVENT.size <= len(buffer):
         wd, mask, _cookie, length = _EVENT.unpack_from(buffer, offset)
-        name = buffer[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+        name = buffer[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
         offset += _EVENT.size + length
         created = bool(mask & (IN_CREATE | IN_MOVED_TO))
         ready |= wd == staging_wd and created and name == b"READY"
@@ -58,8 +58,9 @@ def parse_events(buffer: bytes, staging_wd: int, state_wd: int) -> Events:
 
 
 class Watch:
-    def __init__(self, staging: Path, state: Path, on_ready: Callable[[], None],
-                 on_state: Callable[[], None]) -> None:
+    def __init__(
+        self, staging: Path, state: Path, on_ready: Callable[[], None], on_state: Callable[[], None]
+    ) -> None:
         self.staging, self.state = staging, state
         self.on_ready, self.on_state = on_ready, on_state
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -111,8 +112,9 @@ class Watch:
         os.close(self.fd)
 
 
-def start_watch(staging: Path, state: Path, on_ready: Callable[[], None],
-                on_state: Callable[[], None]) -> Watch | None:
+def start_watch(
+    staging: Path, state: Path, on_ready: Callable[[], None], on_state: Callable[[], None]
+) -> Watch | None:
     """A running watch, or None (logged) where inotify is not available."""
     try:
         staging.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,15 @@ def models(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_config(models: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
-        base = Config(models_root=models, staging_dir=models / "staging",
-                      current_link=models / "current", reload_url=None,
-                      reload_timeout=2.0, reload_retries=0, watch=False)
+        base = Config(
+            models_root=models,
+            staging_dir=models / "staging",
+            current_link=models / "current",
+            reload_url=None,
+            reload_timeout=2.0,
+            reload_retries=0,
+            watch=False,
+        )
         return dataclasses.replace(base, **overrides)
 
     return make
@@ -87,8 +93,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
     def start(models: Path, *args: str, **env: str) -> SidecarProcess:
-        daemon = SidecarProcess(models, tmp_path / f"daemon-{len(started)}.log", list(args),
-                        base_env(models, **env))
+        daemon = SidecarProcess(
+            models, tmp_path / f"daemon-{len(started)}.log", list(args), base_env(models, **env)
+        )
         started.append(daemon)
         return daemon
 

@@ -29,8 +29,13 @@ def _tool(name: str) -> str:
 class Registry:
     """``start()`` runs it, ``kill()`` stops it hard, ``start()`` again reuses the port."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
-                 binary: str | None = None, htpasswd: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str] | None = None,
+        binary: str | None = None,
+        htpasswd: str | None = None,
+    ) -> None:
         self.binary = binary or _tool("docker-registry")
         self._htpasswd_tool = htpasswd
         self.workdir = workdir
@@ -44,22 +49,29 @@ class Registry:
     def _write_htpasswd(self) -> Path:
         htpasswd = self._htpasswd_tool or _tool("htpasswd")
         path = self.workdir / "htpasswd"
-        lines = [subprocess.run([htpasswd, "-Bbn", user, password], capture_output=True,
-                                text=True, check=True).stdout.strip()
-                 for user, password in self.users.items()]
+        lines = [
+            subprocess.run(
+                [htpasswd, "-Bbn", user, password], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            for user, password in self.users.items()
+        ]
         path.write_text("\n".join(lines) + "\n")
         return path
 
     def _config(self) -> Path:
-        auth = (f"auth: {{htpasswd: {{realm: test-realm, path: {self._htpasswd}}}}}\n"
-                if self._htpasswd else "")
+        auth = (
+            f"auth: {{htpasswd: {{realm: test-realm, path: {self._htpasswd}}}}}\n"
+            if self._htpasswd
+            else ""
+        )
         path = self.workdir / "config.yml"
         path.write_text(
             "version: 0.1\n"
             "log: {level: info, accesslog: {disabled: true}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.storage}}}, "
             "delete: {enabled: true}}\n"
-            f'http: {{addr: "127.0.0.1:{self.port}", secret: test-only}}\n' + auth)
+            f'http: {{addr: "127.0.0.1:{self.port}", secret: test-only}}\n' + auth
+        )
         return path
 
     @property
@@ -71,9 +83,12 @@ class Registry:
         program dies of SIGPIPE when its stderr pipe is closed."""
         log = self.workdir / "registry.log"
         with log.open("w") as out:
-            self.proc = subprocess.Popen([self.binary, "serve", str(self._config())],
-                                         stdout=subprocess.DEVNULL, stderr=out,
-                                         env={"GOMEMLIMIT": "64MiB"})
+            self.proc = subprocess.Popen(
+                [self.binary, "serve", str(self._config())],
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                env={"GOMEMLIMIT": "64MiB"},
+            )
         end = time.monotonic() + START_DEADLINE
         while not (match := LISTENING.search(log.read_text(errors="replace"))):
             assert self.proc.poll() is None, f"docker-registry exited: {log.read_text()}"
@@ -112,8 +127,7 @@ class Registry:
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver keeps a blob's bytes (to corrupt it in a test)."""
         hexdigest = digest.split(":", 1)[1]
-        return (self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest
-                / "data")
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
     def auth_file(self, path: Path, user: str, password: str) -> Path:
         """A Docker config.json with credentials for this registry."""

@@ -55,9 +55,14 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bundle(staging: Path, files: dict[str, bytes], manifest: Any = "auto",
-                 version: str | None = None, ready: bool = True,
-                 manifest_name: str = "manifest.json") -> None:
+def write_bundle(
+    staging: Path,
+    files: dict[str, bytes],
+    manifest: Any = "auto",
+    version: str | None = None,
+    ready: bool = True,
+    manifest_name: str = "manifest.json",
+) -> None:
     """Write a bundle as a careful producer does: files, manifest, READY last.
 
     ``manifest="auto"`` lists every file with its sha256 and size; None writes none;
@@ -143,8 +148,9 @@ class ReloadServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                server.requests.append(Recorded(self.command, self.path,
-                                                dict(self.headers.items()), body))
+                server.requests.append(
+                    Recorded(self.command, self.path, dict(self.headers.items()), body)
+                )
                 action = server.script.pop(0) if server.script else server.default
                 if action == "hang":
                     server.stopping.wait(30)
@@ -197,16 +203,31 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def base_env(models: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELOAD_", "POLL_"))}
-    env.update({"MODELS_ROOT": str(models), "RELOAD_URL": "", "LOG_FORMAT": "json",
-                "METRICS_ADDR": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "MODELS_ROOT": str(models),
+            "RELOAD_URL": "",
+            "LOG_FORMAT": "json",
+            "METRICS_ADDR": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
 
-def run_cli(*args: str, env: dict[str, str],
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class SidecarProcess:
@@ -217,8 +238,13 @@ class SidecarProcess:
         env = {**env, "METRICS_PORT": str(self.port)}
         self.log_path = log
         self._log = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", *args], env=env,
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def url(self) -> str:
@@ -244,8 +270,13 @@ class SidecarProcess:
     def metric(self, name: str, **labels: str) -> float | None:
         return self.metrics().get((name, tuple(sorted(labels.items()))))
 
-    def wait_metric(self, name: str, predicate: Callable[[float | None], bool],
-                    deadline: float = 20.0, **labels: str) -> float | None:
+    def wait_metric(
+        self,
+        name: str,
+        predicate: Callable[[float | None], bool],
+        deadline: float = 20.0,
+        **labels: str,
+    ) -> float | None:
         end = time.monotonic() + deadline
         value = None
         while time.monotonic() < end:

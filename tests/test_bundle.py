@@ -20,15 +20,18 @@ from service.bundle import (
 from service.errors import BundleRejected
 
 
-@pytest.mark.parametrize(("link", "target", "expected"), [
-    ("a", "b", ("b",)),
-    ("d/a", "../b", ("b",)),
-    ("d/a", "./x/../y", ("d", "y")),
-    ("a", "../x", None),
-    ("d/a", "../../x", None),
-    ("a", "/etc/passwd", None),
-    ("a", "", None),
-])
+@pytest.mark.parametrize(
+    ("link", "target", "expected"),
+    [
+        ("a", "b", ("b",)),
+        ("d/a", "../b", ("b",)),
+        ("d/a", "./x/../y", ("d", "y")),
+        ("a", "../x", None),
+        ("d/a", "../../x", None),
+        ("a", "/etc/passwd", None),
+        ("a", "", None),
+    ],
+)
 def test_lexical_target(link: str, target: str, expected: tuple[str, ...] | None) -> None:
     """A target is resolved from its link's own directory; climbing above the root is None."""
     assert lexical_target(PurePosixPath(link), target) == expected
@@ -57,8 +60,9 @@ LINK_PLACES = st.sampled_from(["l1", "l2", "a/l1", "a/c/l2", "b/l1"])
 TARGETS = st.one_of(
     st.lists(COMPONENTS, min_size=1, max_size=5).map("/".join),
     st.tuples(LINK_PLACES, st.integers(1, 4)).map(lambda t: t[0] + "/.." * t[1]),
-    st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", "a/c", "f"]))
-    .map(lambda t: "../" * t[0] + t[1]),
+    st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", "a/c", "f"])).map(
+        lambda t: "../" * t[0] + t[1]
+    ),
 )
 
 

@@ -11,26 +11,57 @@ from service.config import Config, load_config
 from service.errors import ConfigError
 
 BAD_ENV = [
-    ("POLL_DEFAULT", "abc"), ("POLL_DEFAULT", "0"), ("POLL_DEFAULT", "86401"),
-    ("POLL_DEFAULT", "nan"), ("POLL_DEFAULT", ""), ("POLL_DEFAULT", "true"),
-    ("REQUIRE_MANIFEST", "maybe"), ("ROLLBACK_ON_RELOAD_FAILURE", "2"), ("WATCH", "on"),
-    ("MANIFEST_NAME", "a/b"), ("MANIFEST_NAME", "READY"), ("MANIFEST_NAME", ""),
-    ("RELOAD_URL", "ftp://x/reload"), ("RELOAD_URL", "not a url"),
-    ("RELOAD_METHOD", "DELETE"), ("RELOAD_TIMEOUT", "0"), ("RELOAD_TIMEOUT", "-1"),
-    ("RELOAD_TIMEOUT", "soon"), ("RELOAD_RETRIES", "-1"), ("RELOAD_RETRIES", "1.5"),
-    ("RELOAD_RETRIES", "101"), ("RELOAD_VERIFY_URL", "/ready"),
-    ("RELOAD_TOKEN_FILE", "/"), ("KEEP_VERSIONS", "0"),
-    ("KEEP_VERSIONS", "three"), ("KEEP_REJECTED", "-1"), ("METRICS_PORT", "65536"),
-    ("METRICS_PORT", "http"), ("METRICS_ADDR", "not an address!"), ("LOG_LEVEL", "LOUD"),
-    ("LOG_FORMAT", "xml"), ("MODELS_ROOT", ""), ("STAGING_DIR", ""), ("CURRENT_LINK", ""),
-    ("SOURCE", "registry/repo:tag"), ("SOURCE", "oci://registry"),
-    ("SOURCE", "oci://user:pw@registry/repo:tag"), ("SOURCE_POLL_SECONDS", "4"),
-    ("SOURCE_POLL_SECONDS", "86401"), ("SOURCE_INSECURE", "a b"),
+    ("POLL_DEFAULT", "abc"),
+    ("POLL_DEFAULT", "0"),
+    ("POLL_DEFAULT", "86401"),
+    ("POLL_DEFAULT", "nan"),
+    ("POLL_DEFAULT", ""),
+    ("POLL_DEFAULT", "true"),
+    ("REQUIRE_MANIFEST", "maybe"),
+    ("ROLLBACK_ON_RELOAD_FAILURE", "2"),
+    ("WATCH", "on"),
+    ("MANIFEST_NAME", "a/b"),
+    ("MANIFEST_NAME", "READY"),
+    ("MANIFEST_NAME", ""),
+    ("RELOAD_URL", "ftp://x/reload"),
+    ("RELOAD_URL", "not a url"),
+    ("RELOAD_METHOD", "DELETE"),
+    ("RELOAD_TIMEOUT", "0"),
+    ("RELOAD_TIMEOUT", "-1"),
+    ("RELOAD_TIMEOUT", "soon"),
+    ("RELOAD_RETRIES", "-1"),
+    ("RELOAD_RETRIES", "1.5"),
+    ("RELOAD_RETRIES", "101"),
+    ("RELOAD_VERIFY_URL", "/ready"),
+    ("RELOAD_TOKEN_FILE", "/"),
+    ("KEEP_VERSIONS", "0"),
+    ("KEEP_VERSIONS", "three"),
+    ("KEEP_REJECTED", "-1"),
+    ("METRICS_PORT", "65536"),
+    ("METRICS_PORT", "http"),
+    ("METRICS_ADDR", "not an address!"),
+    ("LOG_LEVEL", "LOUD"),
+    ("LOG_FORMAT", "xml"),
+    ("MODELS_ROOT", ""),
+    ("STAGING_DIR", ""),
+    ("CURRENT_LINK", ""),
+    ("SOURCE", "registry/repo:tag"),
+    ("SOURCE", "oci://registry"),
+    ("SOURCE", "oci://user:pw@registry/repo:tag"),
+    ("SOURCE_POLL_SECONDS", "4"),
+    ("SOURCE_POLL_SECONDS", "86401"),
+    ("SOURCE_INSECURE", "a b"),
 ]
 BAD_FLAGS = [
-    ("--poll-interval", "0.5"), ("--poll-interval", "x"), ("--poll-interval", "inf"),
-    ("--reload-url", "localhost:8000"), ("--metrics-port", "-1"), ("--metrics-addr", "@"),
-    ("--log-level", "verbose"), ("--log-format", "yaml"), ("--models-root", ""),
+    ("--poll-interval", "0.5"),
+    ("--poll-interval", "x"),
+    ("--poll-interval", "inf"),
+    ("--reload-url", "localhost:8000"),
+    ("--metrics-port", "-1"),
+    ("--metrics-addr", "@"),
+    ("--log-level", "verbose"),
+    ("--log-format", "yaml"),
+    ("--models-root", ""),
 ]
 
 
@@ -76,7 +107,10 @@ def test_defaults_follow_the_contract() -> None:
     config = load_config({}, {})
     assert config == Config()
     assert (config.models_root, config.staging_dir, config.current_link) == (
-        Path("/models"), Path("/models/staging"), Path("/models/current"))
+        Path("/models"),
+        Path("/models/staging"),
+        Path("/models/current"),
+    )
     assert config.reload_url == "http://127.0.0.1:8000/reload"
     assert (config.reload_method, config.reload_timeout, config.reload_retries) == ("POST", 10, 3)
     assert (config.keep_versions, config.keep_rejected) == (3, 5)
@@ -101,8 +135,10 @@ def test_command_line_beats_environment() -> None:
     assert config.log_level == "DEBUG"
 
 
-@pytest.mark.parametrize(("raw", "value"), [("true", True), ("YES", True), ("1", True),
-                                            ("False", False), ("no", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False), ("0", False)],
+)
 def test_booleans_accept_the_documented_spellings(raw: str, value: bool) -> None:
     """Booleans accept true/false/1/0/yes/no in any case."""
     assert load_config({}, {"REQUIRE_MANIFEST": raw}).require_manifest is value
@@ -123,9 +159,16 @@ def test_token_is_redacted_in_the_logged_configuration() -> None:
 
 def test_fleet_settings_are_parsed() -> None:
     """SOURCE, SOURCE_POLL_SECONDS, SOURCE_INSECURE and the key/auth files are read."""
-    config = load_config({}, {"SOURCE": "oci://127.0.0.1:5000/models/f:stable",
-                              "SOURCE_POLL_SECONDS": "5", "SOURCE_INSECURE": "127.0.0.1:5000, x",
-                              "TRUSTED_KEYS_FILE": "/keys.pem", "REGISTRY_AUTH_FILE": ""})
+    config = load_config(
+        {},
+        {
+            "SOURCE": "oci://127.0.0.1:5000/models/f:stable",
+            "SOURCE_POLL_SECONDS": "5",
+            "SOURCE_INSECURE": "127.0.0.1:5000, x",
+            "TRUSTED_KEYS_FILE": "/keys.pem",
+            "REGISTRY_AUTH_FILE": "",
+        },
+    )
     assert config.source == "oci://127.0.0.1:5000/models/f:stable"
     assert config.source_poll_seconds == 5.0
     assert config.source_insecure == ("127.0.0.1:5000", "x")

@@ -55,8 +55,14 @@ def test_sigterm_during_a_reload_finishes_the_pass(
 ) -> None:
     """A SIGTERM while a pass waits on the reload lets it finish, then exits 0."""
     reload_server.script = ["hang"]
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=reload_server.url,
-                          RELOAD_TIMEOUT="2", RELOAD_RETRIES="0")
+    daemon = start_daemon(
+        models,
+        "--poll-interval",
+        "1",
+        RELOAD_URL=reload_server.url,
+        RELOAD_TIMEOUT="2",
+        RELOAD_RETRIES="0",
+    )
     daemon.wait_ready()
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
     wait_for(lambda: len(reload_server.requests) == 1, what="the reload request")
@@ -80,8 +86,10 @@ def test_sigterm_does_not_wait_for_a_long_reload(
     assert (models / ".sidecar" / "reload-pending.json").exists()
     again = start_daemon(models, "--poll-interval", "1", **env)
     again.wait_ready()
-    wait_for(lambda: not (models / ".sidecar" / "reload-pending.json").exists(),
-             what="the restarted daemon to deliver the reload")
+    wait_for(
+        lambda: not (models / ".sidecar" / "reload-pending.json").exists(),
+        what="the restarted daemon to deliver the reload",
+    )
     assert [r.json()["version"] for r in reload_server.requests] == ["v1", "v1"]
 
 
@@ -166,8 +174,7 @@ def test_manual_rollback_is_counted_by_the_daemon(
     daemon.wait_ready()
     for version in ("v1", "v2"):
         write_bundle(models / "staging", {"m": version.encode()}, version=version)
-        daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1,
-                           version=version)
+        daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version=version)
     assert run_cli("rollback", env=base_env(models)).returncode == 0
     daemon.wait_metric("model_sidecar_rollbacks_total", lambda v: v == 1, trigger="manual")
     daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version="v1")
@@ -179,8 +186,9 @@ def test_metrics_after_a_scripted_sequence(
 ) -> None:
     """After promotions, a rejection and a failed reload, /metrics holds the right values."""
     promtool = require_tool("promtool")
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=reload_server.url,
-                          RELOAD_RETRIES="1")
+    daemon = start_daemon(
+        models, "--poll-interval", "1", RELOAD_URL=reload_server.url, RELOAD_RETRIES="1"
+    )
     daemon.wait_ready()
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
     daemon.wait_metric("model_sidecar_promotions_total", lambda v: v == 1, outcome="success")
@@ -188,10 +196,10 @@ def test_metrics_after_a_scripted_sequence(
     daemon.wait_metric("model_sidecar_promotions_total", lambda v: v == 1, outcome="rejected")
     reload_server.script = [500, 500]
     write_bundle(models / "staging", {"m": b"2"}, version="v2")
-    daemon.wait_metric("model_sidecar_reload_failures_total", lambda v: v == 1,
-                       reason="http_status")
-    daemon.wait_metric("model_sidecar_reload_requests_total", lambda v: v == 2,
-                       outcome="success")
+    daemon.wait_metric(
+        "model_sidecar_reload_failures_total", lambda v: v == 1, reason="http_status"
+    )
+    daemon.wait_metric("model_sidecar_reload_requests_total", lambda v: v == 2, outcome="success")
     m = daemon.metrics()
 
     def get(name: str, **labels: str) -> float | None:
@@ -216,8 +224,9 @@ def test_metrics_after_a_scripted_sequence(
     assert any(k[0] == "model_sidecar_build_info" for k in m)
     assert (get("process_resident_memory_bytes") or 0) > 0
     text = http_get(daemon.url + "/metrics")[1]
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                           text=True, check=False)
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -231,8 +240,9 @@ def test_staged_pending_while_ready_waits(
     (models / "versions").write_text("blocks the publish")
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
     daemon.wait_metric("model_sidecar_staged_pending", lambda v: v == 1)
-    daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
-                       reason="io_error")
+    daemon.wait_metric(
+        "model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1, reason="io_error"
+    )
     (models / "versions").unlink()
     daemon.wait_metric("model_sidecar_staged_pending", lambda v: v == 0)
     assert os.readlink(models / "current") == "versions/v1"
@@ -241,8 +251,12 @@ def test_staged_pending_while_ready_waits(
 def test_metrics_port_0_disables_the_server(models: Path, tmp_path: Path) -> None:
     """METRICS_PORT=0 runs the daemon without an HTTP server."""
     env = base_env(models, METRICS_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--poll-interval", "1"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--poll-interval", "1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     write_bundle(models / "staging", {"m": b"1"}, version="v1")
     wait_for(lambda: (models / "current").is_symlink(), what="promotion")
     proc.send_signal(signal.SIGTERM)
@@ -284,7 +298,8 @@ def test_sigterm_during_start_up_exits_0(
 
 def _has_open(pid: int, path: Path) -> bool:
     try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path)
-                   for fd in os.listdir(f"/proc/{pid}/fd"))
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")
+        )
     except OSError:
         return False

@@ -15,11 +15,27 @@ from tests.support import ROOT, require_tool
 
 K8S = ROOT / "k8s"
 SPEC_VARIABLES = {
-    "MODELS_ROOT", "STAGING_DIR", "CURRENT_LINK", "MANIFEST_NAME", "REQUIRE_MANIFEST",
-    "POLL_DEFAULT", "RELOAD_URL", "RELOAD_METHOD", "RELOAD_TIMEOUT", "RELOAD_RETRIES",
-    "RELOAD_TOKEN", "RELOAD_TOKEN_FILE", "RELOAD_VERIFY_URL", "ROLLBACK_ON_RELOAD_FAILURE",
-    "KEEP_VERSIONS", "KEEP_REJECTED", "METRICS_ADDR", "METRICS_PORT", "LOG_LEVEL",
-    "LOG_FORMAT", "WATCH",
+    "MODELS_ROOT",
+    "STAGING_DIR",
+    "CURRENT_LINK",
+    "MANIFEST_NAME",
+    "REQUIRE_MANIFEST",
+    "POLL_DEFAULT",
+    "RELOAD_URL",
+    "RELOAD_METHOD",
+    "RELOAD_TIMEOUT",
+    "RELOAD_RETRIES",
+    "RELOAD_TOKEN",
+    "RELOAD_TOKEN_FILE",
+    "RELOAD_VERIFY_URL",
+    "ROLLBACK_ON_RELOAD_FAILURE",
+    "KEEP_VERSIONS",
+    "KEEP_REJECTED",
+    "METRICS_ADDR",
+    "METRICS_PORT",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "WATCH",
 }
 
 
@@ -40,8 +56,9 @@ def container(name: str) -> dict[str, Any]:
 def test_dockerfile_is_hadolint_clean(dockerfile: str) -> None:
     """hadolint reports nothing on the sidecar's and the example app's Dockerfiles."""
     hadolint = require_tool("hadolint")
-    out = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [hadolint, str(ROOT / dockerfile)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -62,12 +79,17 @@ def test_manifests_validate_strictly(source: str, tmp_path: Path) -> None:
     path = K8S / "forecaster-sidecar.yaml"
     if source == "kustomize":
         kubectl = require_tool("kubectl")
-        rendered = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True,
-                                  text=True, check=True).stdout
+        rendered = subprocess.run(
+            [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True
+        ).stdout
         path = tmp_path / "rendered.yaml"
         path.write_text(rendered)
-    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(path)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [validate, "--strict", "-k", "1.32.0", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "passed for resource deployment/forecaster" in out.stdout + out.stderr
 
@@ -77,8 +99,9 @@ def test_sidecar_container_matches_spec() -> None:
     sidecar = container("sidecar")
     config = by_kind("ConfigMap")["data"]
     assert set(config) <= SPEC_VARIABLES
-    assert sidecar["envFrom"] == [{"configMapRef": {"name": by_kind("ConfigMap")["metadata"]
-                                                    ["name"]}}]
+    assert sidecar["envFrom"] == [
+        {"configMapRef": {"name": by_kind("ConfigMap")["metadata"]["name"]}}
+    ]
     assert sidecar["ports"] == [{"name": "metrics", "containerPort": int(config["METRICS_PORT"])}]
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -109,15 +132,21 @@ def test_reload_token_secret_is_required() -> None:
     token = next(v for v in volumes if v["name"] == "reload-token")
     assert token["secret"]["optional"] is False
     assert by_kind("ConfigMap")["data"]["RELOAD_TOKEN_FILE"].startswith(
-        next(m["mountPath"] for m in container("forecaster")["volumeMounts"]
-             if m["name"] == "reload-token") + "/")
+        next(
+            m["mountPath"]
+            for m in container("forecaster")["volumeMounts"]
+            if m["name"] == "reload-token"
+        )
+        + "/"
+    )
 
 
 def test_grace_period_fits_the_stop_bound() -> None:
     """The grace period is above the sidecar's 5 s stop bound (SPEC 9) and at most
     podman's fixed 10 s stop timeout, which the pod test proves."""
-    assert 5 < by_kind("Deployment")["spec"]["template"]["spec"][
-        "terminationGracePeriodSeconds"] <= 10
+    assert (
+        5 < by_kind("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] <= 10
+    )
 
 
 def test_seed_shape_is_kept() -> None:
@@ -138,8 +167,9 @@ def test_prometheusrule_rules_pass_promtool(tmp_path: Path) -> None:
     crd = objects(K8S / "monitoring" / "prometheusrule.yaml")[0]
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump({"groups": crd["spec"]["groups"]}))
-    out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -158,12 +188,20 @@ def test_mlserver_overlay_renders_and_validates(tmp_path: Path) -> None:
     the KServe V2 load endpoint with verification and rollback."""
     kubectl = require_tool("kubectl")
     validate = require_tool("kubernetes-validate")
-    rendered = subprocess.run([kubectl, "kustomize", str(ROOT / "examples" / "mlserver" / "k8s")],
-                              capture_output=True, text=True, check=True).stdout
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "examples" / "mlserver" / "k8s")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = tmp_path / "mlserver.yaml"
     path.write_text(rendered)
-    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(path)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [validate, "--strict", "-k", "1.32.0", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
     data = docs["ConfigMap"]["data"]
@@ -171,8 +209,11 @@ def test_mlserver_overlay_renders_and_validates(tmp_path: Path) -> None:
     assert "{version}" in data["RELOAD_VERIFY_URL"]
     assert data["ROLLBACK_ON_RELOAD_FAILURE"] == "true"
     assert "RELOAD_TOKEN_FILE" not in data
-    app = next(c for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
-               if c["name"] == "forecaster")
+    app = next(
+        c
+        for c in docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "forecaster"
+    )
     assert app["command"] == ["mlserver", "start", "/models/current"]
 
 
@@ -182,11 +223,19 @@ def test_cluster_test_kustomization_renders_and_validates(tmp_path: Path) -> Non
 
     kubectl = require_tool("kubectl")
     validate = require_tool("kubernetes-validate")
-    rendered = subprocess.run([kubectl, "kustomize", str(kustomization(tmp_path, "ns-e2e", "t"))],
-                              capture_output=True, text=True, check=True).stdout
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(kustomization(tmp_path, "ns-e2e", "t"))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (tmp_path / "rendered.yaml").write_text(rendered)
-    out = subprocess.run([validate, "--strict", "-k", "1.32.0", str(tmp_path / "rendered.yaml")],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [validate, "--strict", "-k", "1.32.0", str(tmp_path / "rendered.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
     assert {d["metadata"]["namespace"] for d in docs.values()} == {"ns-e2e"}
@@ -195,6 +244,7 @@ def test_cluster_test_kustomization_renders_and_validates(tmp_path: Path) -> Non
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     app = next(c for c in pod["containers"] if c["name"] == "forecaster")
     assert [e["value"] for e in app["env"] if e["name"] == "RELOAD_TOKEN_FILE"] == [
-        "/var/run/secrets/forecaster/app-token"]
+        "/var/run/secrets/forecaster/app-token"
+    ]
     models = next(v for v in pod["volumes"] if v["name"] == "models")
     assert models["hostPath"]["path"] == "/var/lib/ns-e2e"

@@ -26,10 +26,18 @@ def token_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def app(models: Path, tmp_path: Path, token_file: Path) -> Iterator[str]:
     port = free_port()
-    env = {"MODELS_CURRENT": str(models / "current"), "APP_ADDR": "127.0.0.1",
-           "APP_PORT": str(port), "RELOAD_TOKEN_FILE": str(token_file)}
-    proc = subprocess.Popen([sys.executable, str(APP)], env=env,
-                            stdout=(tmp_path / "app.log").open("wb"), stderr=subprocess.STDOUT)
+    env = {
+        "MODELS_CURRENT": str(models / "current"),
+        "APP_ADDR": "127.0.0.1",
+        "APP_PORT": str(port),
+        "RELOAD_TOKEN_FILE": str(token_file),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(APP)],
+        env=env,
+        stdout=(tmp_path / "app.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -56,22 +64,33 @@ def predict(app: str) -> dict[str, object]:
     return json.loads(body) if status == 200 else {}
 
 
-def sidecar(start_daemon: Callable[..., SidecarProcess], models: Path, app: str,
-            token_file: Path) -> SidecarProcess:
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=app + "/reload",
-                          RELOAD_TOKEN_FILE=str(token_file), RELOAD_RETRIES="0")
+def sidecar(
+    start_daemon: Callable[..., SidecarProcess], models: Path, app: str, token_file: Path
+) -> SidecarProcess:
+    daemon = start_daemon(
+        models,
+        "--poll-interval",
+        "1",
+        RELOAD_URL=app + "/reload",
+        RELOAD_TOKEN_FILE=str(token_file),
+        RELOAD_RETRIES="0",
+    )
     daemon.wait_ready()
     return daemon
 
 
 def stage(models: Path, tmp_path: Path, version: str, slope: float) -> None:
-    out = run_cli("stage", str(make_bundle(tmp_path, slope)), "--version", version,
-                  env=base_env(models))
+    out = run_cli(
+        "stage", str(make_bundle(tmp_path, slope)), "--version", version, env=base_env(models)
+    )
     assert out.returncode == 0, out.stderr
 
 
 def test_stage_promote_reload_predict(
-    models: Path, tmp_path: Path, app: str, token_file: Path,
+    models: Path,
+    tmp_path: Path,
+    app: str,
+    token_file: Path,
     start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """Each staged version is promoted, reloaded with the token, and served by /predict."""
@@ -85,7 +104,10 @@ def test_stage_promote_reload_predict(
 
 
 def test_wrong_token_fails_the_reload_and_the_old_model_serves(
-    models: Path, tmp_path: Path, app: str, token_file: Path,
+    models: Path,
+    tmp_path: Path,
+    app: str,
+    token_file: Path,
     start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """With a wrong token the app answers 401: counted as http_status; v1 keeps serving."""
@@ -97,8 +119,9 @@ def test_wrong_token_fails_the_reload_and_the_old_model_serves(
     daemon.stop()
     daemon = sidecar(start_daemon, models, app, wrong)
     stage(models, tmp_path, "v2", 3.0)
-    daemon.wait_metric("model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1,
-                       reason="http_status")
+    daemon.wait_metric(
+        "model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1, reason="http_status"
+    )
     assert predict(app)["version"] == "v1"
     wrong.write_text(token_file.read_text())  # rotate the Secret: the next poll delivers
     wait_for(lambda: predict(app).get("version") == "v2", what="v2 after the rotation")

@@ -108,8 +108,9 @@ def test_readers_never_see_two_versions(
     try:
         while producer.step():
             time.sleep(0.001)
-        wait_for(lambda: len(promoted_counts(models)) == PROMOTIONS, deadline=60,
-                 what="all promotions")
+        wait_for(
+            lambda: len(promoted_counts(models)) == PROMOTIONS, deadline=60, what="all promotions"
+        )
     finally:
         stop.set()
         for t in threads:
@@ -124,8 +125,9 @@ def test_two_daemons_promote_each_bundle_exactly_once(
     models: Path, start_daemon: Callable[..., SidecarProcess]
 ) -> None:
     """Two daemons on one volume: the flock lets exactly one take each bundle."""
-    daemons = [start_daemon(models, "--poll-interval", "1", KEEP_VERSIONS="100000")
-               for _ in range(2)]
+    daemons = [
+        start_daemon(models, "--poll-interval", "1", KEEP_VERSIONS="100000") for _ in range(2)
+    ]
     for daemon in daemons:
         daemon.wait_ready()
     producer = Producer(models / "staging", limit=20, n_small=5)
@@ -133,8 +135,9 @@ def test_two_daemons_promote_each_bundle_exactly_once(
         time.sleep(0.005)
     wait_for(lambda: len(promoted_counts(models)) == 20, deadline=60, what="all promotions")
     check_exactly_once(models, producer.staged)
-    successes = sum(d.metric("model_sidecar_promotions_total", outcome="success") or 0
-                    for d in daemons)
+    successes = sum(
+        d.metric("model_sidecar_promotions_total", outcome="success") or 0 for d in daemons
+    )
     assert successes == 20
     for daemon in daemons:
         assert daemon.stop() == 0

@@ -31,10 +31,13 @@ def test_read_tail_drops_the_cut_first_line(tmp_path: Path) -> None:
 def test_previous_version_falls_back_to_the_whole_history(tmp_path: Path) -> None:
     """When current's switch is older than the tail, the whole file is read."""
     path = tmp_path / "h.jsonl"
-    events = [{"event": "promoted", "version": "v1"},
-              {"event": "promoted", "version": "v2", "previous": "v1"}]
-    events += [{"event": "rejected", "version": f"r{n}", "reason": "empty_bundle"}
-               for n in range(200)]
+    events = [
+        {"event": "promoted", "version": "v1"},
+        {"event": "promoted", "version": "v2", "previous": "v1"},
+    ]
+    events += [
+        {"event": "rejected", "version": f"r{n}", "reason": "empty_bundle"} for n in range(200)
+    ]
     write(path, events)
     tail = history.read_tail(path, max_bytes=500)
     assert history.previous_of(tail, "v2") is None
@@ -43,17 +46,24 @@ def test_previous_version_falls_back_to_the_whole_history(tmp_path: Path) -> Non
 
 def test_promotion_order_counts_rollbacks_as_recent() -> None:
     """A version switched to by a rollback moves to the newest end."""
-    events = [{"event": "promoted", "version": "a"}, {"event": "promoted", "version": "b"},
-              {"event": "rolled_back", "version": "a", "previous": "b"}]
+    events = [
+        {"event": "promoted", "version": "a"},
+        {"event": "promoted", "version": "b"},
+        {"event": "rolled_back", "version": "a", "previous": "b"},
+    ]
     assert history.promotion_order(events) == ["b", "a"]
 
 
 def test_damaged_middle_lines_are_counted_and_skipped(tmp_path: Path) -> None:
     """Complete lines that are not events (garbage, deep nesting, wrong types) are damage."""
     path = tmp_path / "h.jsonl"
-    path.write_text('{"event": "promoted", "version": "v1"}\n' + "[" * 50_000 + "\n"
-                    + '{"event": "promoted", "version": 7}\nnot json\n'
-                    + '{"event": "promoted", "version": "v2"}\n')
+    path.write_text(
+        '{"event": "promoted", "version": "v1"}\n'
+        + "[" * 50_000
+        + "\n"
+        + '{"event": "promoted", "version": 7}\nnot json\n'
+        + '{"event": "promoted", "version": "v2"}\n'
+    )
     events = history.read_tail_events(path)
     assert [e["version"] for e in events.events] == ["v1", "v2"]
     assert events.damaged == 3
@@ -82,7 +92,10 @@ def test_oversized_line_is_skipped_whole(tmp_path: Path) -> None:
     """A line longer than the line cap is skipped, even when it ends like an event."""
     path = tmp_path / "h.jsonl"
     tail = b'{"event": "promoted", "version": "fake"}\n'
-    path.write_bytes(b'{"event": "promoted", "version": "v1"}\n'
-                     + b"x" * (history.MAX_LINE_BYTES * 2 + 7) + tail
-                     + b'{"event": "promoted", "version": "v2"}\n')
+    path.write_bytes(
+        b'{"event": "promoted", "version": "v1"}\n'
+        + b"x" * (history.MAX_LINE_BYTES * 2 + 7)
+        + tail
+        + b'{"event": "promoted", "version": "v2"}\n'
+    )
     assert [e["version"] for e in history.read(path)] == ["v1", "v2"]

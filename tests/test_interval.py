@@ -7,8 +7,9 @@ import pytest
 from service.interval import check_interval, check_manifest_interval, resolve_interval
 
 
-@pytest.mark.parametrize("value", [True, False, "30", 0, 0.5, 86401, float("inf"),
-                                   float("nan"), [30], {"s": 1}])
+@pytest.mark.parametrize(
+    "value", [True, False, "30", 0, 0.5, 86401, float("inf"), float("nan"), [30], {"s": 1}]
+)
 def test_invalid_manifest_intervals_are_refused(value: object) -> None:
     """Only numbers in [1, 86400] are intervals; booleans are not numbers."""
     with pytest.raises(ValueError, match="poll_interval_seconds"):

@@ -15,9 +15,13 @@ from service.errors import StateDamaged
 from service.journal import Adopt, Claim, Promote, Reject, Rollback
 
 CLAIM = Claim((12, 34), ("model.bin", "manifest.json"), False, 1.5)
-INTENTS = [Promote("v1", None, CLAIM, 2.0), Promote("v2", "v1", CLAIM, 2.0),
-           Reject("20261201T000000Z", "checksum_mismatch", "x", CLAIM, 3.0),
-           Adopt("20261201T000000Z-2", 4.0), Rollback("v1", "v2", "manual", 5.0)]
+INTENTS = [
+    Promote("v1", None, CLAIM, 2.0),
+    Promote("v2", "v1", CLAIM, 2.0),
+    Reject("20261201T000000Z", "checksum_mismatch", "x", CLAIM, 3.0),
+    Adopt("20261201T000000Z-2", 4.0),
+    Rollback("v1", "v2", "manual", 5.0),
+]
 
 
 @pytest.mark.parametrize("intent", INTENTS, ids=lambda i: i.action)
@@ -34,9 +38,20 @@ def test_missing_journal_is_none(tmp_path: Path) -> None:
 
 def test_earlier_flat_format_is_read(tmp_path: Path) -> None:
     """A journal of an earlier release (flat fields) is still finished after an upgrade."""
-    (tmp_path / "intent.json").write_text(json.dumps({
-        "action": "promote", "name": "v1", "previous": None, "entries": ["a"],
-        "ready": [1, 2], "copied": False, "time": 0, "claimed": 0}))
+    (tmp_path / "intent.json").write_text(
+        json.dumps(
+            {
+                "action": "promote",
+                "name": "v1",
+                "previous": None,
+                "entries": ["a"],
+                "ready": [1, 2],
+                "copied": False,
+                "time": 0,
+                "claimed": 0,
+            }
+        )
+    )
     intent = journal.read(tmp_path / "intent.json")
     assert intent == Promote("v1", None, Claim((1, 2), ("a",), False, 0.0), 0.0)
 
@@ -45,11 +60,22 @@ def valid_record() -> dict[str, object]:
     return journal.to_json(INTENTS[1])
 
 
-@pytest.mark.parametrize("change", [
-    {"action": "explode"}, {"name": "../x"}, {"name": 5}, {"entries": ["a/b"]},
-    {"entries": "a"}, {"ready": [1]}, {"ready": [True, 2]}, {"copied": "yes"},
-    {"time": "now"}, {"previous": "/abs"},
-], ids=str)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"action": "explode"},
+        {"name": "../x"},
+        {"name": 5},
+        {"entries": ["a/b"]},
+        {"entries": "a"},
+        {"ready": [1]},
+        {"ready": [True, 2]},
+        {"copied": "yes"},
+        {"time": "now"},
+        {"previous": "/abs"},
+    ],
+    ids=str,
+)
 def test_malformed_fields_are_damage(tmp_path: Path, change: dict[str, object]) -> None:
     """A journal with a wrong field is StateDamaged, never a KeyError or TypeError."""
     (tmp_path / "intent.json").write_text(json.dumps({**valid_record(), **change}))
@@ -71,9 +97,11 @@ def test_any_bytes_are_an_intent_or_damage(data: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @given(st.dictionaries(st.sampled_from(sorted(valid_record())), json_values, max_size=6))

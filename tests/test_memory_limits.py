@@ -31,9 +31,17 @@ def peak_of_once(models: Path) -> tuple[int, str]:
         "out = subprocess.run([sys.executable, '-m', 'service', '--once'], "
         "capture_output=True, text=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-        "sys.stderr.write(out.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", wrapper], env=base_env(models), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=True)
+        "sys.stderr.write(out.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        env=base_env(models),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return int(done.stdout.strip()), done.stderr
 
 
@@ -92,8 +100,9 @@ def test_manifest_of_32_mib_whitespace_and_one_file_stays_within_64_mib(models: 
     staging = models / "staging"
     staging.mkdir()
     (staging / "model.bin").write_bytes(b"w")
-    body = json.dumps({"version": "v1", "files": {
-        "model.bin": {"sha256": hashlib.sha256(b"w").hexdigest()}}})
+    body = json.dumps(
+        {"version": "v1", "files": {"model.bin": {"sha256": hashlib.sha256(b"w").hexdigest()}}}
+    )
     pad = DEFAULT_LIMITS.max_bytes - len(body)
     (staging / "manifest.json").write_text(" " * (pad // 2) + body + " " * (pad - pad // 2))
     (staging / "READY").write_text("")

@@ -54,18 +54,29 @@ class Server:
     proc: subprocess.Popen[bytes]
 
     def infer(self, x: float = 2.0) -> tuple[str, float]:
-        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64",
-                                       "data": [x]}]}).encode()
-        request = urllib.request.Request(f"{self.url}/v2/models/{MODEL}/infer", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}
+        ).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v2/models/{MODEL}/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())
         return answer["model_version"], float(answer["outputs"][0]["data"][0])
 
     def build(self, version: str, slope: float = 2.0, broken: bool = False) -> Path:
         out = self.tmp / f"bundle-{version}"
-        args = [str(venv_python()), str(BUILD), str(out), "--version", version,
-                "--slope", str(slope)]
+        args = [
+            str(venv_python()),
+            str(BUILD),
+            str(out),
+            "--version",
+            version,
+            "--slope",
+            str(slope),
+        ]
         subprocess.run([*args, "--broken"] if broken else args, check=True, timeout=120)
         return out
 
@@ -82,15 +93,24 @@ def mlserver(models: Path, tmp_path: Path) -> Iterator[Server]:
     server = Server(f"http://127.0.0.1:{port}", models, tmp_path, None)  # type: ignore[arg-type]
     server.stage("v1", slope=2.0)
     assert run_cli("--once", env=base_env(models)).returncode == 0
-    env = {**os.environ, "MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": str(port),
-           "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port()),
-           "MLSERVER_PARALLEL_WORKERS": "0", "MLSERVER_DEBUG": "false",
-           "MLSERVER_METRICS_DIR": str(tmp_path / "metrics"),
-           "MLSERVER_ENVIRONMENTS_DIR": str(tmp_path / "envs")}
-    server.proc = subprocess.Popen([str(python.parent / "mlserver"), "start",
-                                    str(models / "current")], env=env, cwd=tmp_path,
-                                   stdout=(tmp_path / "mlserver.log").open("wb"),
-                                   stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "MLSERVER_HOST": "127.0.0.1",
+        "MLSERVER_HTTP_PORT": str(port),
+        "MLSERVER_GRPC_PORT": str(free_port()),
+        "MLSERVER_METRICS_PORT": str(free_port()),
+        "MLSERVER_PARALLEL_WORKERS": "0",
+        "MLSERVER_DEBUG": "false",
+        "MLSERVER_METRICS_DIR": str(tmp_path / "metrics"),
+        "MLSERVER_ENVIRONMENTS_DIR": str(tmp_path / "envs"),
+    }
+    server.proc = subprocess.Popen(
+        [str(python.parent / "mlserver"), "start", str(models / "current")],
+        env=env,
+        cwd=tmp_path,
+        stdout=(tmp_path / "mlserver.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
     def ready() -> bool:
         assert server.proc.poll() is None, (tmp_path / "mlserver.log").read_text()
@@ -108,10 +128,15 @@ def mlserver(models: Path, tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture
 def sidecar(mlserver: Server, start_daemon: Callable[..., SidecarProcess]) -> SidecarProcess:
     daemon = start_daemon(
-        mlserver.models, "--poll-interval", "1",
+        mlserver.models,
+        "--poll-interval",
+        "1",
         RELOAD_URL=f"{mlserver.url}/v2/repository/models/{MODEL}/load",
         RELOAD_VERIFY_URL=f"{mlserver.url}/v2/models/{MODEL}/versions/{{version}}/ready",
-        ROLLBACK_ON_RELOAD_FAILURE="true", RELOAD_TIMEOUT="10", RELOAD_RETRIES="1")
+        ROLLBACK_ON_RELOAD_FAILURE="true",
+        RELOAD_TIMEOUT="10",
+        RELOAD_RETRIES="1",
+    )
     daemon.wait_ready()
     return daemon
 
@@ -176,12 +201,16 @@ def test_broken_model_is_rolled_back_and_the_previous_keeps_serving(
     mlserver.stage("v2", slope=3.0)
     wait_for(lambda: serves(mlserver, "v2"), deadline=30, what="v2 served")
     mlserver.stage("v3", broken=True)
-    sidecar.wait_metric("model_sidecar_rollbacks_total", lambda v: v == 1,
-                        trigger="reload_failure", deadline=60)
+    sidecar.wait_metric(
+        "model_sidecar_rollbacks_total", lambda v: v == 1, trigger="reload_failure", deadline=60
+    )
     assert os.readlink(mlserver.models / "current") == "versions/v2"
     assert mlserver.infer() == ("v2", pytest.approx(7.0))
-    failures = sum(sidecar.metric("model_sidecar_reload_failures_total", reason=r) or 0
-                   for r in ("connection", "timeout", "http_status", "verify"))
+    failures = sum(
+        sidecar.metric("model_sidecar_reload_failures_total", reason=r) or 0
+        for r in ("connection", "timeout", "http_status", "verify")
+    )
     assert failures >= 1
-    sidecar.wait_metric("model_sidecar_reload_requests_total", lambda v: (v or 0) >= 2,
-                        outcome="success")
+    sidecar.wait_metric(
+        "model_sidecar_reload_requests_total", lambda v: (v or 0) >= 2, outcome="success"
+    )

@@ -32,13 +32,20 @@ from tests.support import (
 )
 
 SPEC_METRICS = [
-    "model_sidecar_promotions_total", "model_sidecar_promotion_failures_total",
-    "model_sidecar_promotion_duration_seconds", "model_sidecar_reload_requests_total",
-    "model_sidecar_reload_failures_total", "model_sidecar_reload_duration_seconds",
-    "model_sidecar_rollbacks_total", "model_sidecar_current_version_info",
-    "model_sidecar_last_success_timestamp_seconds", "model_sidecar_last_poll_timestamp_seconds",
-    "model_sidecar_poll_interval_seconds", "model_sidecar_polls_total",
-    "model_sidecar_staged_pending", "model_sidecar_build_info",
+    "model_sidecar_promotions_total",
+    "model_sidecar_promotion_failures_total",
+    "model_sidecar_promotion_duration_seconds",
+    "model_sidecar_reload_requests_total",
+    "model_sidecar_reload_failures_total",
+    "model_sidecar_reload_duration_seconds",
+    "model_sidecar_rollbacks_total",
+    "model_sidecar_current_version_info",
+    "model_sidecar_last_success_timestamp_seconds",
+    "model_sidecar_last_poll_timestamp_seconds",
+    "model_sidecar_poll_interval_seconds",
+    "model_sidecar_polls_total",
+    "model_sidecar_staged_pending",
+    "model_sidecar_build_info",
 ]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "forecaster-sidecar.json"
 RULES = ROOT / "prometheus" / "alerts.yml"
@@ -66,14 +73,19 @@ class Webhook:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def wait(self, name: str, since: float, deadline: float = ALERT_DEADLINE,
-             **labels: str) -> tuple[float, dict[str, Any]]:
+    def wait(
+        self, name: str, since: float, deadline: float = ALERT_DEADLINE, **labels: str
+    ) -> tuple[float, dict[str, Any]]:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             for at, alert in self.alerts:
                 got = alert["labels"]
-                if (at >= since and got.get("alertname") == name and alert["status"] == "firing"
-                        and all(got.get(k) == v for k, v in labels.items())):
+                if (
+                    at >= since
+                    and got.get("alertname") == name
+                    and alert["status"] == "firing"
+                    and all(got.get(k) == v for k, v in labels.items())
+                ):
                     return at - since, alert
             time.sleep(0.1)
         raise AssertionError(f"{name} never reached the receiver; got {self.alerts}")
@@ -133,30 +145,73 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = base_env(models, RELOAD_URL=reload.url, RELOAD_RETRIES="0")
     sidecar = SidecarProcess(models, tmp / "sidecar.log", ["--poll-interval", "1"], env)
     am_port, prom_port = free_port(), free_port()
-    (tmp / "am.yml").write_text(yaml.safe_dump({
-        "route": {"receiver": "hook", "group_by": ["alertname", "instance", "reason"],
-                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "hook", "webhook_configs": [
-            {"url": f"http://127.0.0.1:{webhook.httpd.server_port}/", "send_resolved": False}]}],
-    }))
-    (tmp / "prom.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "alerting": {"alertmanagers": [{"static_configs": [
-            {"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "forecaster-sidecar", "static_configs": [
-            {"targets": [f"127.0.0.1:{sidecar.port}"]}]}],
-    }))
+    (tmp / "am.yml").write_text(
+        yaml.safe_dump(
+            {
+                "route": {
+                    "receiver": "hook",
+                    "group_by": ["alertname", "instance", "reason"],
+                    "group_wait": "1s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "hook",
+                        "webhook_configs": [
+                            {
+                                "url": f"http://127.0.0.1:{webhook.httpd.server_port}/",
+                                "send_resolved": False,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    (tmp / "prom.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "alerting": {
+                    "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                },
+                "scrape_configs": [
+                    {
+                        "job_name": "forecaster-sidecar",
+                        "static_configs": [{"targets": [f"127.0.0.1:{sidecar.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
     procs: list[subprocess.Popen[bytes]] = []
     s = Stack(models, sidecar, reload, webhook, f"http://127.0.0.1:{prom_port}", procs)
     try:
-        procs.append(_start([alertmanager, f"--config.file={tmp / 'am.yml'}",
-                             f"--storage.path={tmp / 'am'}",
-                             f"--web.listen-address=127.0.0.1:{am_port}",
-                             "--cluster.listen-address="], tmp / "am.log"))
-        procs.append(_start([prometheus, f"--config.file={tmp / 'prom.yml'}",
-                             f"--storage.tsdb.path={tmp / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prom.log"))
+        procs.append(
+            _start(
+                [
+                    alertmanager,
+                    f"--config.file={tmp / 'am.yml'}",
+                    f"--storage.path={tmp / 'am'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",
+                ],
+                tmp / "am.log",
+            )
+        )
+        procs.append(
+            _start(
+                [
+                    prometheus,
+                    f"--config.file={tmp / 'prom.yml'}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                tmp / "prom.log",
+            )
+        )
         _wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[0], tmp / "am.log")
         _wait_ready(f"{s.prometheus_url}/-/ready", procs[1], tmp / "prom.log")
         sidecar.wait_ready()
@@ -225,8 +280,10 @@ def test_dashboard_variables_resolve(stack: Stack) -> None:
         match = re.fullmatch(r"label_values\((.*), (\w+)\)", var.get("definition", ""))
         if match:
             selector, label = match.groups()
-            url = (f"{stack.prometheus_url}/api/v1/label/{label}/values?match[]="
-                   f"{urllib.parse.quote(_substitute(selector))}")
+            url = (
+                f"{stack.prometheus_url}/api/v1/label/{label}/values?match[]="
+                f"{urllib.parse.quote(_substitute(selector))}"
+            )
             found[label] = json.loads(http_get(url)[1])["data"]
     assert found["job"] == ["forecaster-sidecar"]
     assert found["instance"] == [f"127.0.0.1:{stack.sidecar.port}"]
@@ -256,15 +313,20 @@ def test_dashboard_is_provisionable_and_covers_every_metric() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert {"job", "instance", "pod"} <= set(variables)
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    for metric in [*SPEC_METRICS, "process_resident_memory_bytes", "process_cpu_seconds_total",
-                   "up{"]:
+    for metric in [
+        *SPEC_METRICS,
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "up{",
+    ]:
         assert metric in exprs, metric
     for p in dashboard["panels"]:
         assert p["description"] and p["datasource"]["uid"] == "${datasource}", p["title"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    generated = subprocess.run(["python3", str(ROOT / "grafana" / "dashboard.py"), "--check"],
-                               check=False)
+    generated = subprocess.run(
+        ["python3", str(ROOT / "grafana" / "dashboard.py"), "--check"], check=False
+    )
     assert generated.returncode == 0, "run python grafana/dashboard.py and commit the JSON"
 
 
@@ -276,22 +338,38 @@ def test_dashboard_queries_parse_with_promtool() -> None:
         for t in p["targets"]:
             # "promtool promql format" exists only in newer releases; a rule file works
             # everywhere: check rules parses every expr.
-            rule = {"groups": [{"name": "x", "rules": [
-                {"record": "dashboard:check", "expr": _substitute(t["expr"])}]}]}
-            out = subprocess.run([promtool, "check", "rules", "/dev/stdin"],
-                                 input=yaml.safe_dump(rule), capture_output=True, text=True,
-                                 check=False)
+            rule = {
+                "groups": [
+                    {
+                        "name": "x",
+                        "rules": [{"record": "dashboard:check", "expr": _substitute(t["expr"])}],
+                    }
+                ]
+            }
+            out = subprocess.run(
+                [promtool, "check", "rules", "/dev/stdin"],
+                input=yaml.safe_dump(rule),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             assert out.returncode == 0, f"{p['title']}: {out.stdout}{out.stderr}"
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     """promtool check rules and promtool test rules (every alert fires and stays quiet)."""
     promtool = require_tool("promtool")
-    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                           text=True, check=False)
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=RULES.parent,
-                          capture_output=True, text=True, check=False)
+    test = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 

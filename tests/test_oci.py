@@ -31,32 +31,40 @@ DIGEST = "sha256:" + "ab" * 32
 # -- references ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("oci://127.0.0.1:5000/models/f:stable", Reference("127.0.0.1:5000", "models/f", "stable")),
-    ("oci://Registry.Example.com/a/b-c/d_e:v1.2-rc",
-     Reference("registry.example.com", "a/b-c/d_e", "v1.2-rc")),
-    (f"oci://localhost:5000/f@{DIGEST}", Reference("localhost:5000", "f", None, DIGEST)),
-    (f"oci://r.io/f:canary@{DIGEST}", Reference("r.io", "f", "canary", DIGEST)),
-    ("oci://[::1]:5000/f:t", Reference("[::1]:5000", "f", "t")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("oci://127.0.0.1:5000/models/f:stable", Reference("127.0.0.1:5000", "models/f", "stable")),
+        (
+            "oci://Registry.Example.com/a/b-c/d_e:v1.2-rc",
+            Reference("registry.example.com", "a/b-c/d_e", "v1.2-rc"),
+        ),
+        (f"oci://localhost:5000/f@{DIGEST}", Reference("localhost:5000", "f", None, DIGEST)),
+        (f"oci://r.io/f:canary@{DIGEST}", Reference("r.io", "f", "canary", DIGEST)),
+        ("oci://[::1]:5000/f:t", Reference("[::1]:5000", "f", "t")),
+    ],
+)
 def test_valid_references_parse(text: str, expected: Reference) -> None:
     """Tags, digests, host:port and IPv6 literals parse into their parts."""
     assert parse_reference(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "127.0.0.1:5000/models/f:stable",  # no scheme for SOURCE
-    "oci://127.0.0.1:5000/models/f",  # neither tag nor digest
-    "oci://r.io/Models/f:t",  # upper case repository
-    "oci://r.io/f@sha256:abc",  # short digest
-    f"oci://r.io/f@sha512:{'a' * 128}",
-    "oci://r.io/f:t g",
-    "oci:///f:t",
-    "oci://r.io/:t",
-    "oci://user:pw@r.io/f:t",  # credentials never in a reference
-    "http://r.io/f:t",
-    "oci://r.io/f:" + "t" * 129,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "127.0.0.1:5000/models/f:stable",  # no scheme for SOURCE
+        "oci://127.0.0.1:5000/models/f",  # neither tag nor digest
+        "oci://r.io/Models/f:t",  # upper case repository
+        "oci://r.io/f@sha256:abc",  # short digest
+        f"oci://r.io/f@sha512:{'a' * 128}",
+        "oci://r.io/f:t g",
+        "oci:///f:t",
+        "oci://r.io/:t",
+        "oci://user:pw@r.io/f:t",  # credentials never in a reference
+        "http://r.io/f:t",
+        "oci://r.io/f:" + "t" * 129,
+    ],
+)
 def test_invalid_references_are_refused(text: str) -> None:
     """References without a target, with bad names or credentials: ValueError."""
     with pytest.raises(ValueError):
@@ -70,22 +78,24 @@ def test_source_error_names_the_variable() -> None:
 
 
 @settings(max_examples=500)
-@given(st.text(max_size=80) | st.from_regex(
-    r"oci://[a-z0-9.:\[\]@-]{0,20}/[a-zA-Z0-9/._:@-]{0,40}", fullmatch=True))
+@given(
+    st.text(max_size=80)
+    | st.from_regex(r"oci://[a-z0-9.:\[\]@-]{0,20}/[a-zA-Z0-9/._:@-]{0,40}", fullmatch=True)
+)
 def test_any_text_is_a_reference_or_a_value_error(text: str) -> None:
     """Arbitrary text: a Reference that prints back to an equal one, or ValueError."""
     try:
         ref = parse_reference(text)
     except ValueError:
         return
-    assert parse_reference(str(ref)) == Reference(ref.registry, ref.repository,
-                                                  None if ref.digest else ref.tag, ref.digest)
+    assert parse_reference(str(ref)) == Reference(
+        ref.registry, ref.repository, None if ref.digest else ref.tag, ref.digest
+    )
 
 
 def test_insecure_list_parses_and_names_the_variable() -> None:
     """SOURCE_INSECURE: comma-separated host:port, spaces ignored; a URL is refused."""
-    assert parse_insecure(" 127.0.0.1:5000, reg.local:80 ,") == {"127.0.0.1:5000",
-                                                                 "reg.local:80"}
+    assert parse_insecure(" 127.0.0.1:5000, reg.local:80 ,") == {"127.0.0.1:5000", "reg.local:80"}
     assert parse_insecure(None) == frozenset()
     with pytest.raises(ConfigError, match=r"^SOURCE_INSECURE: "):
         parse_insecure("http://reg.local:80")
@@ -104,13 +114,20 @@ def b64(text: str) -> str:
 
 def test_auth_file_entries_by_host() -> None:
     """auths keys as Docker writes them (scheme, path) map to host[:port]."""
-    found = parse_auth_file(Path("c.json"), auth_json({
-        "https://Reg.Example.com/v1/": {"auth": b64("u:p:with:colons")},
-        "127.0.0.1:5000": {"auth": b64("fleet:pw")},
-        "helper.io": {},  # a credential helper's entry: no auth, used anonymously
-    }))
-    assert found == {"reg.example.com": Credentials("u", "p:with:colons"),
-                     "127.0.0.1:5000": Credentials("fleet", "pw")}
+    found = parse_auth_file(
+        Path("c.json"),
+        auth_json(
+            {
+                "https://Reg.Example.com/v1/": {"auth": b64("u:p:with:colons")},
+                "127.0.0.1:5000": {"auth": b64("fleet:pw")},
+                "helper.io": {},  # a credential helper's entry: no auth, used anonymously
+            }
+        ),
+    )
+    assert found == {
+        "reg.example.com": Credentials("u", "p:with:colons"),
+        "127.0.0.1:5000": Credentials("fleet", "pw"),
+    }
 
 
 def test_bad_auth_entry_names_the_file_not_the_secret(tmp_path: Path) -> None:
@@ -122,7 +139,8 @@ def test_bad_auth_entry_names_the_file_not_the_secret(tmp_path: Path) -> None:
         credentials_for(path, "r.io")
     assert str(path) in str(info.value)
     assert "no-colon-secret" not in str(info.value) and b64("no-colon-secret") not in str(
-        info.value)
+        info.value
+    )
 
 
 def test_missing_auth_file_means_anonymous(tmp_path: Path) -> None:
@@ -136,9 +154,15 @@ def test_password_is_not_in_the_repr() -> None:
 
 
 @settings(max_examples=300)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=12))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+        ),
+        max_leaves=12,
+    )
+)
 def test_any_json_is_credentials_or_auth_file_error(value: Any) -> None:
     """Arbitrary JSON in the auth file: a credentials map or AuthFileError, nothing else."""
     for document in (value, {"auths": value}, {"auths": {"r.io": value}}):
@@ -153,10 +177,15 @@ def test_any_json_is_credentials_or_auth_file_error(value: Any) -> None:
 # -- the artifact's shape ------------------------------------------------------------------
 
 
-def layer_json(title: Any, digest: str = DIGEST, size: int = 1,
-               media: str = artifact.LAYER_MEDIA_TYPE) -> dict[str, Any]:
-    return {"mediaType": media, "digest": digest, "size": size,
-            "annotations": {artifact.TITLE: title}}
+def layer_json(
+    title: Any, digest: str = DIGEST, size: int = 1, media: str = artifact.LAYER_MEDIA_TYPE
+) -> dict[str, Any]:
+    return {
+        "mediaType": media,
+        "digest": digest,
+        "size": size,
+        "annotations": {artifact.TITLE: title},
+    }
 
 
 def test_manifest_round_trip() -> None:
@@ -165,8 +194,22 @@ def test_manifest_round_trip() -> None:
     assert parse_manifest(build_manifest(layers)) == sorted(layers, key=lambda la: la.path)
 
 
-@pytest.mark.parametrize("title", ["../x", "/etc/passwd", "a/../../x", "", ".", "READY", None,
-                                   "a\x00b", 7, "d/" + "n" * 256, "x" * 5000])
+@pytest.mark.parametrize(
+    "title",
+    [
+        "../x",
+        "/etc/passwd",
+        "a/../../x",
+        "",
+        ".",
+        "READY",
+        None,
+        "a\x00b",
+        7,
+        "d/" + "n" * 256,
+        "x" * 5000,
+    ],
+)
 def test_unsafe_titles_are_refused(title: Any) -> None:
     """Titles that leave the bundle or are not paths: digest_mismatch (not a bundle)."""
     data = json.dumps({"layers": [layer_json(title)]}).encode()
@@ -185,8 +228,9 @@ def test_duplicate_and_nested_titles_are_refused() -> None:
 
 def test_foreign_layer_media_type_is_refused() -> None:
     """A container image (tar layers) is not a bundle: refused."""
-    data = json.dumps({"layers": [layer_json(
-        "x", media="application/vnd.oci.image.layer.v1.tar+gzip")]}).encode()
+    data = json.dumps(
+        {"layers": [layer_json("x", media="application/vnd.oci.image.layer.v1.tar+gzip")]}
+    ).encode()
     with pytest.raises(RegistryError, match="not a bundle artifact"):
         parse_manifest(data)
 
@@ -235,8 +279,9 @@ def test_pinned_digest_reference_heads_that_digest(tmp_path: Path, registry: Reg
 
 
 @pytest.mark.registry
-def test_tampered_manifest_in_storage_is_digest_mismatch(tmp_path: Path,
-                                                         registry: Registry) -> None:
+def test_tampered_manifest_in_storage_is_digest_mismatch(
+    tmp_path: Path, registry: Registry
+) -> None:
     """The registry serves a manifest changed in its storage under the old digest: refused."""
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "m").write_bytes(b"x")
@@ -277,11 +322,13 @@ def test_in_memory_overrides_replace_files(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "manifest.json").write_bytes(b"old")
     (tmp_path / "b" / "READY").write_bytes(b"")
-    layers, _ = plan_layers(bundle_files(tmp_path / "b"), {"manifest.json": b"new",
-                                                           "manifest.json.sig": b"sig"})
+    layers, _ = plan_layers(
+        bundle_files(tmp_path / "b"), {"manifest.json": b"new", "manifest.json.sig": b"sig"}
+    )
     assert sorted((la.path, la.digest) for la in layers) == [
         ("manifest.json", "sha256:" + sha256(b"new")),
-        ("manifest.json.sig", "sha256:" + sha256(b"sig"))]
+        ("manifest.json.sig", "sha256:" + sha256(b"sig")),
+    ]
 
 
 # -- what docker-registry cannot show: redirects and Bearer tokens --------------------------
@@ -348,8 +395,9 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials(tmp_path: Path) ->
     token_auth = "Basic " + b64("fleet:pw")
     holder: dict[str, str] = {}
 
-    def answer(method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str],
-                                                                          bytes]:
+    def answer(
+        method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
         if path.startswith("/token"):
             ok = headers.get("Authorization") == token_auth and "scope=repository" in path
             return (200, {}, b'{"token": "tok-1"}') if ok else (401, {}, b"")
@@ -363,25 +411,36 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials(tmp_path: Path) ->
     try:
         auth = tmp_path / "config.json"
         auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
-        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}),
-                                auth_file=auth)
+        client = RegistryClient(
+            server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth
+        )
         assert client.head_manifest("t").digest == DIGEST
         assert client.head_manifest("t").digest == DIGEST  # the token is kept
         assert [r[1].split("?")[0] for r in server.requests] == [
-            "/v2/m/f/manifests/t", "/token", "/v2/m/f/manifests/t", "/v2/m/f/manifests/t"]
+            "/v2/m/f/manifests/t",
+            "/token",
+            "/v2/m/f/manifests/t",
+            "/v2/m/f/manifests/t",
+        ]
     finally:
         server.close()
 
 
 def test_token_realm_on_another_host_is_refused(tmp_path: Path) -> None:
     """A Bearer realm elsewhere: auth failure, the credentials go nowhere."""
-    server = Scripted(lambda *_: (401, {
-        "WWW-Authenticate": 'Bearer realm="https://auth.example.invalid/token"'}, b""))
+    server = Scripted(
+        lambda *_: (
+            401,
+            {"WWW-Authenticate": 'Bearer realm="https://auth.example.invalid/token"'},
+            b"",
+        )
+    )
     try:
         auth = tmp_path / "config.json"
         auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
-        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}),
-                                auth_file=auth)
+        client = RegistryClient(
+            server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth
+        )
         with pytest.raises(RegistryError) as info:
             client.head_manifest("t")
         assert info.value.reason == "auth"

@@ -18,29 +18,35 @@ from tests.support import base_env, run_cli
 R = Path("/m")
 
 
-@pytest.mark.parametrize(("staging", "current"), [
-    (R / "staging", R / "current"),
-    (Path("/elsewhere/staging"), R / "current"),
-    (R / "incoming", R / "live"),
-])
+@pytest.mark.parametrize(
+    ("staging", "current"),
+    [
+        (R / "staging", R / "current"),
+        (Path("/elsewhere/staging"), R / "current"),
+        (R / "incoming", R / "live"),
+    ],
+)
 def test_valid_placements_pass(staging: Path, current: Path) -> None:
     """The default layout, staging outside the root (EXDEV copy) and other names pass."""
     assert placement_problem(R, staging, current) is None
 
 
-@pytest.mark.parametrize(("staging", "current", "named"), [
-    (R / "staging", Path("/other/current"), "/other/current"),
-    (R / "staging", R / "sub" / "current", "/m/sub/current"),
-    (R / "staging", R / "versions", "/m/versions"),
-    (R / "staging", R / ".sidecar", "/m/.sidecar"),
-    (R / "staging", R / "staging", "/m/staging"),
-    (R / "current", R / "current", "/m/current"),
-    (R, R / "current", "/m"),
-    (Path("/"), R / "current", "/"),
-    (R / "versions" / "in", R / "current", "/m/versions"),
-    (R / "rejected", R / "current", "/m/rejected"),
-    (R / ".sidecar" / "x", R / "current", "/m/.sidecar"),
-])
+@pytest.mark.parametrize(
+    ("staging", "current", "named"),
+    [
+        (R / "staging", Path("/other/current"), "/other/current"),
+        (R / "staging", R / "sub" / "current", "/m/sub/current"),
+        (R / "staging", R / "versions", "/m/versions"),
+        (R / "staging", R / ".sidecar", "/m/.sidecar"),
+        (R / "staging", R / "staging", "/m/staging"),
+        (R / "current", R / "current", "/m/current"),
+        (R, R / "current", "/m"),
+        (Path("/"), R / "current", "/"),
+        (R / "versions" / "in", R / "current", "/m/versions"),
+        (R / "rejected", R / "current", "/m/rejected"),
+        (R / ".sidecar" / "x", R / "current", "/m/.sidecar"),
+    ],
+)
 def test_invalid_placements_name_the_paths(staging: Path, current: Path, named: str) -> None:
     """Each forbidden placement is refused with a message naming the paths at fault."""
     problem = placement_problem(R, staging, current)
@@ -95,8 +101,9 @@ def test_unwritable_root_names_the_path_and_the_uid(models: Path) -> None:
     suite runs as root, which ignores modes, and the venv's interpreter under /root is
     not reachable for another uid.
     """
-    locked = subprocess.run(["chattr", "+i", str(models)], capture_output=True, text=True,
-                            check=False)
+    locked = subprocess.run(
+        ["chattr", "+i", str(models)], capture_output=True, text=True, check=False
+    )
     if locked.returncode != 0:
         pytest.skip(f"chattr +i is not supported here: {locked.stderr.strip()}")
     try:

@@ -116,7 +116,8 @@ def test_interrupted_claim_is_returned_to_staging_and_promoted(
     os.rename(h.layout.staging / "model.bin", h.layout.incoming / "model.bin")
     assert h.promoter.run_pass().outcome == "promoted"
     assert tree_digest(h.layout.versions / "v1") == {
-        k: v for k, v in staged.items() if k != "READY"}
+        k: v for k, v in staged.items() if k != "READY"
+    }
     assert not h.layout.incoming.exists()
 
 
@@ -129,9 +130,19 @@ def test_journalled_promotion_is_finished_after_a_crash(harness: Callable[..., H
     ready = volume.ReadyMark.of(h.layout.ready)
     assert ready is not None
     volume.claim(h.layout, entries)
-    fsops.atomic_write_json(h.layout.intent, {
-        "action": "promote", "name": "v1", "previous": None, "entries": entries,
-        "ready": [ready.inode, ready.mtime_ns], "copied": False, "time": 0, "claimed": 0})
+    fsops.atomic_write_json(
+        h.layout.intent,
+        {
+            "action": "promote",
+            "name": "v1",
+            "previous": None,
+            "entries": entries,
+            "ready": [ready.inode, ready.mtime_ns],
+            "copied": False,
+            "time": 0,
+            "claimed": 0,
+        },
+    )
     assert h.promoter.run_pass().outcome == "idle"
     assert os.readlink(h.layout.current) == "versions/v1"
     assert not h.layout.ready.exists() and not h.layout.intent.exists()
@@ -144,9 +155,19 @@ def test_roll_forward_never_removes_a_newer_ready(harness: Callable[..., Harness
     write_bundle(h.layout.staging, FILES, version="v1")
     h.promoter.run_pass()
     write_bundle(h.layout.staging, {"m": b"2"}, version="v2")
-    fsops.atomic_write_json(h.layout.intent, {
-        "action": "promote", "name": "v1", "previous": None, "entries": ["model.bin"],
-        "ready": [1, 1], "copied": False, "time": 0, "claimed": 0})
+    fsops.atomic_write_json(
+        h.layout.intent,
+        {
+            "action": "promote",
+            "name": "v1",
+            "previous": None,
+            "entries": ["model.bin"],
+            "ready": [1, 1],
+            "copied": False,
+            "time": 0,
+            "claimed": 0,
+        },
+    )
     h.promoter.run_pass()
     assert os.readlink(h.layout.current) == "versions/v2"
     promoted = [e["version"] for e in history.read(h.layout.history) if e["event"] == "promoted"]
@@ -212,7 +233,8 @@ def test_staging_on_another_filesystem_is_copied(
         staged = tree_digest(staging)
         assert h.promoter.run_pass().outcome == "promoted"
         assert tree_digest(h.layout.versions / "v1") == {
-            k: v for k, v in staged.items() if k != "READY"}
+            k: v for k, v in staged.items() if k != "READY"
+        }
         assert os.listdir(staging) == []
     finally:
         import shutil
@@ -267,10 +289,19 @@ def test_roll_forward_never_deletes_the_next_bundle(harness: Callable[..., Harne
     h.promoter.run_pass()
     write_bundle(h.layout.staging, {"model.bin": b"next"}, version="v2")
     staged = tree_digest(h.layout.staging)
-    fsops.atomic_write_json(h.layout.intent, {
-        "action": "promote", "name": "v1", "previous": None,
-        "entries": ["manifest.json", "model.bin"], "ready": [1, 1], "copied": True,
-        "time": 0, "claimed": 0})
+    fsops.atomic_write_json(
+        h.layout.intent,
+        {
+            "action": "promote",
+            "name": "v1",
+            "previous": None,
+            "entries": ["manifest.json", "model.bin"],
+            "ready": [1, 1],
+            "copied": True,
+            "time": 0,
+            "claimed": 0,
+        },
+    )
     h.promoter._recover()
     assert tree_digest(h.layout.staging) == staged
 
@@ -314,7 +345,8 @@ def test_damaged_journal_is_set_aside_and_the_bundle_still_promoted(
 
 
 def test_damaged_pending_reload_is_set_aside_and_counted(
-    harness: Callable[..., Harness], reload_server: object,
+    harness: Callable[..., Harness],
+    reload_server: object,
 ) -> None:
     """A pending reload that is not one is kept aside and counted, not a crash per pass."""
     h = harness(reload_url="http://127.0.0.1:9/reload")

@@ -46,16 +46,22 @@ def make_bundle(path: Path, files: dict[str, bytes], version: str) -> Path:
     for name, data in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_bytes(data)
-    manifest = {"version": version,
-                "files": {n: {"sha256": sha256(d), "size": len(d)} for n, d in files.items()}}
+    manifest = {
+        "version": version,
+        "files": {n: {"sha256": sha256(d), "size": len(d)} for n, d in files.items()},
+    }
     (path / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
     return path
 
 
-def client(reg: Registry, auth_file: Path | None = None, actions: str = "pull",
-           ) -> RegistryClient:
-    return RegistryClient(reg.host, REPO, insecure=frozenset({reg.host}), auth_file=auth_file,
-                          actions=actions)
+def client(
+    reg: Registry,
+    auth_file: Path | None = None,
+    actions: str = "pull",
+) -> RegistryClient:
+    return RegistryClient(
+        reg.host, REPO, insecure=frozenset({reg.host}), auth_file=auth_file, actions=actions
+    )
 
 
 def push(reg: Registry, bundle: Path, tag: str, auth_file: Path | None = None) -> Any:
@@ -65,14 +71,20 @@ def push(reg: Registry, bundle: Path, tag: str, auth_file: Path | None = None) -
 class Job:
     """A PullJob with its own metrics registry and client, as after a restart."""
 
-    def __init__(self, reg: Registry, volume: PullPaths, tag: str = "stable",
-                 auth_file: Path | None = None,
-                 on_chunk: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        reg: Registry,
+        volume: PullPaths,
+        tag: str = "stable",
+        auth_file: Path | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         self.metrics_registry = CollectorRegistry()
         self.client = client(reg, auth_file)
         reference = parse_reference(f"oci://{reg.host}/{REPO}:{tag}")
-        self.job = PullJob(volume, reference, self.client, PullMetrics(self.metrics_registry),
-                           on_chunk=on_chunk)
+        self.job = PullJob(
+            volume, reference, self.client, PullMetrics(self.metrics_registry), on_chunk=on_chunk
+        )
 
     def run(self) -> PullResult:
         return self.job.run()
@@ -106,11 +118,15 @@ def pulled_events(volume: PullPaths) -> list[dict[str, Any]]:
     return [e for e in history.read(volume.history) if e["event"] == "pulled"]
 
 
-def test_pushed_bundle_is_staged_byte_for_byte(tmp_path: Path, registry: Registry,
-                                               volume: PullPaths) -> None:
+def test_pushed_bundle_is_staged_byte_for_byte(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """push then pull: staging holds the bundle's exact bytes and READY."""
-    bundle = make_bundle(tmp_path / "b", {"model.onnx": os.urandom(300_000),
-                                          "conf/a.json": b"{}", "copy.json": b"{}"}, "v1")
+    bundle = make_bundle(
+        tmp_path / "b",
+        {"model.onnx": os.urandom(300_000), "conf/a.json": b"{}", "copy.json": b"{}"},
+        "v1",
+    )
     pushed = push(registry, bundle, "stable")
     job = Job(registry, volume)
     assert job.run() == PullResult("staged", pushed.digest)
@@ -122,9 +138,9 @@ def test_pushed_bundle_is_staged_byte_for_byte(tmp_path: Path, registry: Registr
     assert not (volume.pull / f"sha256-{pushed.digest[7:]}").exists()
 
 
-def test_ready_is_written_after_every_file(tmp_path: Path, registry: Registry,
-                                           volume: PullPaths,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ready_is_written_after_every_file(
+    tmp_path: Path, registry: Registry, volume: PullPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """When READY is created, every file of the bundle is already in staging."""
     bundle = make_bundle(tmp_path / "b", {f"f{i}": os.urandom(1000) for i in range(20)}, "v1")
     push(registry, bundle, "stable")
@@ -140,8 +156,9 @@ def test_ready_is_written_after_every_file(tmp_path: Path, registry: Registry,
     assert seen == [tree_digest(bundle)]
 
 
-def test_history_and_remembered_digest_after_a_pull(tmp_path: Path, registry: Registry,
-                                                    volume: PullPaths) -> None:
+def test_history_and_remembered_digest_after_a_pull(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A pull appends a `pulled` event and remembers the digest as staged."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
     Job(registry, volume).run()
@@ -152,12 +169,16 @@ def test_history_and_remembered_digest_after_a_pull(tmp_path: Path, registry: Re
     assert pulljob.remembered(volume.state)[pushed.digest]["state"] == "staged"
 
 
-def test_changed_file_is_the_only_blob_pushed_and_pulled(tmp_path: Path, registry: Registry,
-                                                         volume: PullPaths) -> None:
+def test_changed_file_is_the_only_blob_pushed_and_pulled(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """Second push with one file changed uploads that file and the manifest only; the pull
     downloads only those two blobs and reuses the rest from current."""
-    files = {"model.onnx": os.urandom(200_000), "vocab.txt": os.urandom(50_000),
-             "conf.json": b'{"a": 1}'}
+    files = {
+        "model.onnx": os.urandom(200_000),
+        "vocab.txt": os.urandom(50_000),
+        "conf.json": b'{"a": 1}',
+    }
     push(registry, make_bundle(tmp_path / "b1", files, "v1"), "stable")
     Job(registry, volume).run()
     promote(volume, "v1")
@@ -175,9 +196,9 @@ def test_changed_file_is_the_only_blob_pushed_and_pulled(tmp_path: Path, registr
     assert staged == tree_digest(tmp_path / "b2")
 
 
-def test_corrupted_blob_is_digest_mismatch_and_nothing_staged(tmp_path: Path,
-                                                              registry: Registry,
-                                                              volume: PullPaths) -> None:
+def test_corrupted_blob_is_digest_mismatch_and_nothing_staged(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A blob damaged in the registry's storage: digest_mismatch, staging stays empty."""
     data = os.urandom(100_000)
     push(registry, make_bundle(tmp_path / "b", {"model.onnx": data}, "v1"), "stable")
@@ -193,8 +214,9 @@ def test_corrupted_blob_is_digest_mismatch_and_nothing_staged(tmp_path: Path,
     assert pulled_events(volume)[-1]["reason"] == "digest_mismatch"
 
 
-def test_killed_registry_mid_blob_resumes_with_range(tmp_path: Path, registry: Registry,
-                                                     volume: PullPaths) -> None:
+def test_killed_registry_mid_blob_resumes_with_range(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """Registry killed mid-blob: `connection`, the partial file kept; after its restart a
     new job (a restarted sidecar) resumes with a Range request and stages the bundle."""
     data = os.urandom(48 * 1024 * 1024)
@@ -231,8 +253,9 @@ def test_basic_auth_from_config_json(tmp_path: Path, volume: PullPaths) -> None:
         reg.stop()
 
 
-def test_wrong_password_is_auth_and_secret_not_logged(tmp_path: Path, volume: PullPaths,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_password_is_auth_and_secret_not_logged(
+    tmp_path: Path, volume: PullPaths, caplog: pytest.LogCaptureFixture
+) -> None:
     """A wrong password: failure reason `auth`; the password appears in no log line."""
     reg = Registry(tmp_path / "registry", users={"fleet": "s3cret-pass"}).start()
     try:
@@ -266,15 +289,15 @@ def test_missing_tag_is_not_found(registry: Registry, volume: PullPaths) -> None
     assert job.value("model_sidecar_pulls_total", outcome="failure") == 0
 
 
-def test_registry_down_is_connection(tmp_path: Path, registry: Registry,
-                                     volume: PullPaths) -> None:
+def test_registry_down_is_connection(tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
     """A registry that does not answer: reason `connection`."""
     registry.kill()
     assert Job(registry, volume).run().reason == "connection"
 
 
-def test_remembered_digest_is_not_pulled_after_restart(tmp_path: Path, registry: Registry,
-                                                       volume: PullPaths) -> None:
+def test_remembered_digest_is_not_pulled_after_restart(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A rejected digest is not pulled again by a new job (a restarted sidecar)."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
     Job(registry, volume).run()
@@ -291,7 +314,8 @@ def test_remembered_digest_is_not_pulled_after_restart(tmp_path: Path, registry:
 
 
 def test_busy_staging_waits_then_hands_off_without_downloading_again(
-        tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """Staging holds another bundle: the download completes and waits; once staging is
     free the next run stages it with no further blob request."""
     push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
@@ -306,8 +330,9 @@ def test_busy_staging_waits_then_hands_off_without_downloading_again(
     assert job.value("model_sidecar_pulls_total", outcome="success") == 1
 
 
-def test_up_to_date_once_current_came_from_the_digest(tmp_path: Path, registry: Registry,
-                                                      volume: PullPaths) -> None:
+def test_up_to_date_once_current_came_from_the_digest(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """source_up_to_date is 1 after the pulled digest was promoted; digest_info names it."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
     job = Job(registry, volume)
@@ -319,10 +344,12 @@ def test_up_to_date_once_current_came_from_the_digest(tmp_path: Path, registry: 
     assert job.value("model_sidecar_source_digest_info", digest=pushed.digest) == 1
 
 
-def test_interrupted_handoff_is_finished_by_the_next_run(tmp_path: Path, registry: Registry,
-                                                         volume: PullPaths,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         ) -> None:
+def test_interrupted_handoff_is_finished_by_the_next_run(
+    tmp_path: Path,
+    registry: Registry,
+    volume: PullPaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A failure between moving the files and READY (simulated: READY's creation raises)
     is finished forward by the next job: READY written, nothing pulled again."""
     bundle = make_bundle(tmp_path / "b", {"m": b"1", "n": b"2"}, "v1")
@@ -345,7 +372,8 @@ def test_interrupted_handoff_is_finished_by_the_next_run(tmp_path: Path, registr
 
 
 def test_taken_bundle_is_not_restaged_after_an_interrupted_record(
-        tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A handoff record left at `moving` (crash before it was updated) after the bundle was
     taken, while a producer writes the next bundle: READY is not written under it."""
     push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
@@ -366,7 +394,8 @@ def test_taken_bundle_is_not_restaged_after_an_interrupted_record(
 
 
 def test_artifact_with_an_escaping_title_writes_nothing_outside(
-        tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A manifest whose layer title is `../../escape`: digest_mismatch (not a bundle), no
     blob downloaded, nothing written outside the pull directory."""
     import io
@@ -379,24 +408,41 @@ def test_artifact_with_an_escaping_title_writes_nothing_outside(
     pusher.upload_blob(digest, len(data), io.BytesIO(data))
     config = artifact.config_descriptor()
     pusher.upload_blob(config.digest, config.size, io.BytesIO(artifact.CONFIG_BYTES))
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": config.media_type, "digest": config.digest,
-                   "size": config.size},
-        "layers": [{"mediaType": artifact.LAYER_MEDIA_TYPE, "digest": digest, "size": 7,
-                    "annotations": {artifact.TITLE: "../../escape"}}]}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": config.media_type,
+                "digest": config.digest,
+                "size": config.size,
+            },
+            "layers": [
+                {
+                    "mediaType": artifact.LAYER_MEDIA_TYPE,
+                    "digest": digest,
+                    "size": 7,
+                    "annotations": {artifact.TITLE: "../../escape"},
+                }
+            ],
+        }
+    ).encode()
     pusher.put_manifest("stable", manifest)
     before = tree_digest(tmp_path)
     job = Job(registry, volume)
     assert job.run().reason == "digest_mismatch"
     assert job.gets("/blobs/") == []
-    after = {k: v for k, v in tree_digest(tmp_path).items()
-             if not k.startswith(("models/.sidecar", "registry"))}
+    after = {
+        k: v
+        for k, v in tree_digest(tmp_path).items()
+        if not k.startswith(("models/.sidecar", "registry"))
+    }
     assert after == {k: v for k, v in before.items() if not k.startswith("registry")}
 
 
-def test_stop_abandons_the_download_and_a_restart_resumes(tmp_path: Path, registry: Registry,
-                                                          volume: PullPaths) -> None:
+def test_stop_abandons_the_download_and_a_restart_resumes(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """stop() during a download (SIGTERM): `stopped` at the next chunk, no failure counted,
     the partial file kept; a new job resumes it with a Range request."""
     data = os.urandom(16 * 1024 * 1024)
@@ -413,8 +459,13 @@ def test_stop_abandons_the_download_and_a_restart_resumes(tmp_path: Path, regist
     holder.append(first.job)
     assert first.run().outcome == "stopped"
     assert first.value("model_sidecar_pulls_total", outcome="failure") == 0
-    assert sum(first.value("model_sidecar_pull_failures_total", reason=r)
-               for r in ("connection", "io_error")) == 0
+    assert (
+        sum(
+            first.value("model_sidecar_pull_failures_total", reason=r)
+            for r in ("connection", "io_error")
+        )
+        == 0
+    )
     (part,) = volume.pull.glob("sha256-*/blobs/*.part")
     assert 0 < part.stat().st_size < len(data)
     second = Job(registry, volume)
@@ -423,12 +474,16 @@ def test_stop_abandons_the_download_and_a_restart_resumes(tmp_path: Path, regist
     assert (volume.staging / "model.bin").read_bytes() == data
 
 
-def test_trickling_blob_is_cut_off_as_connection(tmp_path: Path, registry: Registry,
-                                                 volume: PullPaths) -> None:
+def test_trickling_blob_is_cut_off_as_connection(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A blob slower than the minimum rate (an injected clock that runs fast): the download
     stops with `connection` instead of holding the job, the partial file kept."""
-    push(registry, make_bundle(tmp_path / "b", {"model.bin": os.urandom(4 * 1024 * 1024)},
-                               "v1"), "stable")
+    push(
+        registry,
+        make_bundle(tmp_path / "b", {"model.bin": os.urandom(4 * 1024 * 1024)}, "v1"),
+        "stable",
+    )
     job = Job(registry, volume)
     ticks = iter(range(0, 10**9, 1000))
     job.client.clock = lambda: float(next(ticks))
@@ -436,8 +491,9 @@ def test_trickling_blob_is_cut_off_as_connection(tmp_path: Path, registry: Regis
     assert list(volume.pull.glob("sha256-*/blobs/*.part"))
 
 
-def test_pulled_signed_bundle_verifies_in_staging(tmp_path: Path, registry: Registry,
-                                                  volume: PullPaths) -> None:
+def test_pulled_signed_bundle_verifies_in_staging(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A bundle pushed with its signature as a layer verifies after the pull, as the
     promotion's validation will check it; an extra unlisted file is caught there."""
     import subprocess
@@ -466,15 +522,18 @@ def test_pulled_signed_bundle_verifies_in_staging(tmp_path: Path, registry: Regi
         signing.verify_bundle(other.staging, "manifest.json", keys)
 
 
-def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path,
-                                                        volume: PullPaths) -> None:
+def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path, volume: PullPaths) -> None:
     """The auth file is re-read: a wrong password fixed in the file (a rotated Secret)
     lets the same job pull at its next run."""
     reg = Registry(tmp_path / "registry", users={"fleet": "new-pass"}).start()
     try:
         auth = reg.auth_file(tmp_path / "config.json", "fleet", "old-pass")
-        push(reg, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable",
-             reg.auth_file(tmp_path / "pusher.json", "fleet", "new-pass"))
+        push(
+            reg,
+            make_bundle(tmp_path / "b", {"m": b"1"}, "v1"),
+            "stable",
+            reg.auth_file(tmp_path / "pusher.json", "fleet", "new-pass"),
+        )
         job = Job(reg, volume, auth_file=auth)
         assert job.run().reason == "auth"
         reg.auth_file(auth, "fleet", "new-pass")
@@ -491,14 +550,18 @@ def test_reuse_ignores_paths_outside_the_current_version(tmp_path: Path) -> None
     version.mkdir(parents=True)
     (version / "ok").write_bytes(b"1")
     (tmp_path / "outside").write_bytes(b"2")
-    files = {"ok": {"sha256": sha256(b"1")}, "../../outside": {"sha256": sha256(b"2")},
-             str(tmp_path / "outside"): {"sha256": sha256(b"2")}}
+    files = {
+        "ok": {"sha256": sha256(b"1")},
+        "../../outside": {"sha256": sha256(b"2")},
+        str(tmp_path / "outside"): {"sha256": sha256(b"2")},
+    }
     (version / "manifest.json").write_text(json.dumps({"files": files}))
     assert reusable_files(version, "manifest.json") == {"sha256:" + sha256(b"1"): version / "ok"}
 
 
-def test_pull_does_not_need_the_volume_lock(tmp_path: Path, registry: Registry,
-                                            volume: PullPaths) -> None:
+def test_pull_does_not_need_the_volume_lock(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """With `.sidecar/lock` held (a promotion in progress), a pull still downloads and
     stages: it never takes the volume lock."""
     from service import fsops
@@ -509,8 +572,9 @@ def test_pull_does_not_need_the_volume_lock(tmp_path: Path, registry: Registry,
         assert Job(registry, volume).run().outcome == "staged"
 
 
-def test_damaged_state_files_do_not_stop_the_job(tmp_path: Path, registry: Registry,
-                                                 volume: PullPaths) -> None:
+def test_damaged_state_files_do_not_stop_the_job(
+    tmp_path: Path, registry: Registry, volume: PullPaths
+) -> None:
     """A garbage line in pulled.jsonl is skipped (the good ones still count) and a damaged
     pull-staged.json is set aside as `.damaged-<time>`; the job goes on."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")

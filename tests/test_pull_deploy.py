@@ -21,8 +21,9 @@ FLEET_VARIABLES = {"SOURCE", "SOURCE_POLL_SECONDS", "REGISTRY_AUTH_FILE", "TRUST
 
 def render(ring: str) -> list[dict[str, Any]]:
     kubectl = require_tool("kubectl")
-    out = subprocess.run([kubectl, "kustomize", str(RINGS[ring])], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(RINGS[ring])], capture_output=True, text=True, check=True
+    ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -52,8 +53,12 @@ def test_ring_validates_strictly(ring: str, tmp_path: Path) -> None:
     validate = require_tool("kubernetes-validate")
     rendered = tmp_path / "fleet.yaml"
     rendered.write_text(yaml.safe_dump_all(render(ring)))
-    result = subprocess.run([validate, "--strict", "-k", "1.32.0", str(rendered)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [validate, "--strict", "-k", "1.32.0", str(rendered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

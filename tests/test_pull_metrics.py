@@ -17,12 +17,21 @@ def test_fixed_labels_exist_at_zero() -> None:
     PullMetrics(registry)
     for outcome in ("success", "failure"):
         assert sample(registry, "model_sidecar_pulls_total", outcome=outcome) == 0
-    assert set(PULL_FAILURE_REASONS) == {"connection", "auth", "not_found", "digest_mismatch",
-                                         "io_error"}
+    assert set(PULL_FAILURE_REASONS) == {
+        "connection",
+        "auth",
+        "not_found",
+        "digest_mismatch",
+        "io_error",
+    }
     for reason in PULL_FAILURE_REASONS:
         assert sample(registry, "model_sidecar_pull_failures_total", reason=reason) == 0
-    for name in ("model_sidecar_pull_bytes_total", "model_sidecar_source_checks_total",
-                 "model_sidecar_source_up_to_date", "model_sidecar_pull_duration_seconds_count"):
+    for name in (
+        "model_sidecar_pull_bytes_total",
+        "model_sidecar_source_checks_total",
+        "model_sidecar_source_up_to_date",
+        "model_sidecar_pull_duration_seconds_count",
+    ):
         assert sample(registry, name) == 0
 
 
@@ -42,6 +51,10 @@ def test_exposition_passes_promtool() -> None:
     promtool = require_tool("promtool")
     registry = CollectorRegistry()
     PullMetrics(registry).set_digest("sha256:" + "c" * 64)
-    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry),
-                            capture_output=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=generate_latest(registry),
+        capture_output=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

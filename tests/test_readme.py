@@ -160,6 +160,9 @@ def test_code_layout_names_every_module() -> None:
     names a module that does not exist."""
     section = _section("Layout of the code")
     named = set(re.findall(r"`(service/[\w/]+\.py)`", section))
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "service").rglob("*.py")
-               if p.name != "__init__.py"}  # package markers
+    modules = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "service").rglob("*.py")
+        if p.name != "__init__.py"
+    }  # package markers
     assert named == modules

@@ -41,34 +41,74 @@ def _dir_link_escape(staging: Path) -> None:
 
 
 CASES: dict[str, tuple[str, Callable[[Path], None]]] = {
-    "bad json": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest=b"{not json")),
-    "manifest is a list": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest=[1, 2])),
-    "bad version string": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"version": "../evil"})),
-    "version not a string": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"version": 7})),
-    "files not an object": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"files": ["model.bin"]})),
-    "uppercase sha256": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"},
-        manifest={"files": {"model.bin": {"sha256": GOOD["sha256"].upper()}}})),
-    "size is a bool": ("manifest_invalid", lambda s: write_bundle(
-        s, {"model.bin": b"data"},
-        manifest={"files": {"model.bin": {"sha256": GOOD["sha256"], "size": True}}})),
-    "wrong checksum": ("checksum_mismatch", lambda s: write_bundle(
-        s, {"model.bin": b"data"},
-        manifest={"files": {"model.bin": {"sha256": sha256(b"other")}}})),
-    "wrong size": ("size_mismatch", lambda s: write_bundle(
-        s, {"model.bin": b"data"},
-        manifest={"files": {"model.bin": {"sha256": GOOD["sha256"], "size": 5}}})),
-    "listed file missing": ("file_missing", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"files": {"absent.bin": GOOD}})),
-    "dotdot path": ("unsafe_path", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"files": {"../model.bin": GOOD}})),
-    "absolute path": ("unsafe_path", lambda s: write_bundle(
-        s, {"model.bin": b"data"}, manifest={"files": {"/etc/passwd": GOOD}})),
+    "bad json": (
+        "manifest_invalid",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest=b"{not json"),
+    ),
+    "manifest is a list": (
+        "manifest_invalid",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest=[1, 2]),
+    ),
+    "bad version string": (
+        "manifest_invalid",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest={"version": "../evil"}),
+    ),
+    "version not a string": (
+        "manifest_invalid",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest={"version": 7}),
+    ),
+    "files not an object": (
+        "manifest_invalid",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest={"files": ["model.bin"]}),
+    ),
+    "uppercase sha256": (
+        "manifest_invalid",
+        lambda s: write_bundle(
+            s,
+            {"model.bin": b"data"},
+            manifest={"files": {"model.bin": {"sha256": GOOD["sha256"].upper()}}},
+        ),
+    ),
+    "size is a bool": (
+        "manifest_invalid",
+        lambda s: write_bundle(
+            s,
+            {"model.bin": b"data"},
+            manifest={"files": {"model.bin": {"sha256": GOOD["sha256"], "size": True}}},
+        ),
+    ),
+    "wrong checksum": (
+        "checksum_mismatch",
+        lambda s: write_bundle(
+            s,
+            {"model.bin": b"data"},
+            manifest={"files": {"model.bin": {"sha256": sha256(b"other")}}},
+        ),
+    ),
+    "wrong size": (
+        "size_mismatch",
+        lambda s: write_bundle(
+            s,
+            {"model.bin": b"data"},
+            manifest={"files": {"model.bin": {"sha256": GOOD["sha256"], "size": 5}}},
+        ),
+    ),
+    "listed file missing": (
+        "file_missing",
+        lambda s: write_bundle(s, {"model.bin": b"data"}, manifest={"files": {"absent.bin": GOOD}}),
+    ),
+    "dotdot path": (
+        "unsafe_path",
+        lambda s: write_bundle(
+            s, {"model.bin": b"data"}, manifest={"files": {"../model.bin": GOOD}}
+        ),
+    ),
+    "absolute path": (
+        "unsafe_path",
+        lambda s: write_bundle(
+            s, {"model.bin": b"data"}, manifest={"files": {"/etc/passwd": GOOD}}
+        ),
+    ),
     "symlink to /etc/passwd": ("unsafe_path", _symlink_out),
     "relative symlink escaping": ("unsafe_path", _relative_escape),
     "symlink via a dir link": ("unsafe_path", _dir_link_escape),
@@ -100,8 +140,9 @@ def test_malformed_bundle_is_rejected_with_its_reason(
     h.promoter.run_pass()  # not retried
     assert h.value("model_sidecar_promotion_failures_total", reason=reason) == 1
     assert h.value("model_sidecar_promotions_total", outcome="rejected") == 1
-    assert [e["reason"] for e in history.read(h.layout.history)
-            if e["event"] == "rejected"] == [reason]
+    assert [e["reason"] for e in history.read(h.layout.history) if e["event"] == "rejected"] == [
+        reason
+    ]
 
 
 def test_manifest_required_but_missing_is_rejected(harness: Callable[..., Harness]) -> None:

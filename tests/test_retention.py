@@ -7,8 +7,7 @@ from service import retention
 
 def test_versions_unknown_to_history_are_oldest() -> None:
     """Versions without a history record sort before known ones, by name."""
-    assert retention.order_versions(["z", "a", "v2", "v1"], ["v1", "v2"]) == [
-        "a", "z", "v1", "v2"]
+    assert retention.order_versions(["z", "a", "v2", "v1"], ["v1", "v2"]) == ["a", "z", "v1", "v2"]
 
 
 def test_versions_to_delete_spares_protected() -> None:

@@ -22,8 +22,9 @@ Keygen = Callable[[str], tuple[Path, Path]]
 
 
 def openssl(*args: str, data: bytes | None = None) -> bytes:
-    return subprocess.run([require_tool("openssl"), *args], input=data, capture_output=True,
-                          check=True).stdout
+    return subprocess.run(
+        [require_tool("openssl"), *args], input=data, capture_output=True, check=True
+    ).stdout
 
 
 def make_keypair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -50,15 +51,22 @@ def keygen(keydir: Path) -> Keygen:
     return get
 
 
-def write_bundle(root: Path, files: dict[str, bytes], extra: dict[str, bytes] | None = None,
-                 ) -> bytes:
+def write_bundle(
+    root: Path,
+    files: dict[str, bytes],
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
     """Files listed in the manifest, plus extra files that are not; the manifest bytes."""
     root.mkdir(parents=True, exist_ok=True)
     for name, data in {**files, **(extra or {})}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
-    manifest = json.dumps({"version": "v1", "files": {
-        n: {"sha256": sha256(d), "size": len(d)} for n, d in files.items()}}).encode()
+    manifest = json.dumps(
+        {
+            "version": "v1",
+            "files": {n: {"sha256": sha256(d), "size": len(d)} for n, d in files.items()},
+        }
+    ).encode()
     (root / "manifest.json").write_bytes(manifest)
     return manifest
 
@@ -74,8 +82,9 @@ def reason_of(root: Path, keys: signing.TrustedKeys) -> str:
     return info.value.reason
 
 
-def test_signed_bundle_verifies_and_returns_the_manifest_bytes(tmp_path: Path,
-                                                               keygen: Keygen) -> None:
+def test_signed_bundle_verifies_and_returns_the_manifest_bytes(
+    tmp_path: Path, keygen: Keygen
+) -> None:
     """A bundle signed with an openssl-made key verifies; the manifest bytes come back."""
     private, public = keygen("a")
     manifest = write_bundle(tmp_path / "b", {"model.onnx": b"weights", "sub/x.txt": b"x"})
@@ -88,8 +97,15 @@ def test_openssl_signature_verifies(tmp_path: Path, keygen: Keygen) -> None:
     """A signature made by `openssl pkeyutl -sign -rawin`, base64 with line breaks, verifies."""
     private, public = keygen("a")
     manifest = write_bundle(tmp_path / "b", {"model.onnx": b"weights"})
-    raw = openssl("pkeyutl", "-sign", "-rawin", "-inkey", str(private), "-in",
-                  str(tmp_path / "b" / "manifest.json"))
+    raw = openssl(
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        str(private),
+        "-in",
+        str(tmp_path / "b" / "manifest.json"),
+    )
     text = base64.encodebytes(raw)  # 76-column lines
     (tmp_path / "b" / "manifest.json.sig").write_bytes(b"  " + text.replace(b"\n", b"\r\n"))
     keys = signing.load_trusted_keys(public)
@@ -102,8 +118,18 @@ def test_our_signature_verifies_with_openssl(tmp_path: Path, keygen: Keygen) -> 
     data = b'{"files": {}}'
     (tmp_path / "m").write_bytes(data)
     (tmp_path / "sig").write_bytes(base64.b64decode(signing.sign_manifest(data, private)))
-    out = openssl("pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", str(public), "-in",
-                  str(tmp_path / "m"), "-sigfile", str(tmp_path / "sig"))
+    out = openssl(
+        "pkeyutl",
+        "-verify",
+        "-rawin",
+        "-pubin",
+        "-inkey",
+        str(public),
+        "-in",
+        str(tmp_path / "m"),
+        "-sigfile",
+        str(tmp_path / "sig"),
+    )
     assert b"Signature Verified Successfully" in out
 
 
@@ -122,26 +148,30 @@ def test_any_key_of_several_verifies(tmp_path: Path, keygen: Keygen) -> None:
 def test_missing_signature_is_signature_missing(tmp_path: Path, keygen: Keygen) -> None:
     """No manifest.json.sig: signature_missing."""
     write_bundle(tmp_path / "b", {"f": b"1"})
-    assert reason_of(tmp_path / "b", signing.load_trusted_keys(keygen("a")[1])) == \
-        "signature_missing"
+    assert (
+        reason_of(tmp_path / "b", signing.load_trusted_keys(keygen("a")[1])) == "signature_missing"
+    )
 
 
 def test_untrusted_key_is_signature_invalid(tmp_path: Path, keygen: Keygen) -> None:
     """A signature by a key that is not trusted: signature_invalid."""
     write_bundle(tmp_path / "b", {"f": b"1"})
     sign_bundle(tmp_path / "b", keygen("b")[0])
-    assert reason_of(tmp_path / "b", signing.load_trusted_keys(keygen("a")[1])) == \
-        "signature_invalid"
+    assert (
+        reason_of(tmp_path / "b", signing.load_trusted_keys(keygen("a")[1])) == "signature_invalid"
+    )
 
 
-def test_manifest_changed_after_signing_is_signature_invalid(tmp_path: Path,
-                                                             keygen: Keygen) -> None:
+def test_manifest_changed_after_signing_is_signature_invalid(
+    tmp_path: Path, keygen: Keygen
+) -> None:
     """One byte of the manifest changed after signing: signature_invalid."""
     private, public = keygen("a")
     write_bundle(tmp_path / "b", {"f": b"1"})
     sign_bundle(tmp_path / "b", private)
     (tmp_path / "b" / "manifest.json").write_bytes(
-        (tmp_path / "b" / "manifest.json").read_bytes() + b" ")
+        (tmp_path / "b" / "manifest.json").read_bytes() + b" "
+    )
     assert reason_of(tmp_path / "b", signing.load_trusted_keys(public)) == "signature_invalid"
 
 
@@ -175,8 +205,7 @@ def test_signature_without_manifest_is_manifest_missing(tmp_path: Path, keygen: 
     assert reason_of(tmp_path / "b", signing.load_trusted_keys(public)) == "manifest_missing"
 
 
-def test_manifest_over_32_mib_is_refused_before_verifying(tmp_path: Path,
-                                                          keygen: Keygen) -> None:
+def test_manifest_over_32_mib_is_refused_before_verifying(tmp_path: Path, keygen: Keygen) -> None:
     """A manifest over 32 MiB: manifest_invalid, and no more than the cap is read."""
     private, public = keygen("a")
     write_bundle(tmp_path / "b", {"f": b"1"})
@@ -221,8 +250,9 @@ def test_encrypted_private_key_is_refused(tmp_path: Path, keygen: Keygen) -> Non
     """An encrypted PKCS#8 key: KeyFileError (keys are mounted unencrypted from a Secret)."""
     private, _ = keygen("a")
     encrypted = tmp_path / "enc.pem"
-    openssl("pkcs8", "-topk8", "-in", str(private), "-out", str(encrypted), "-passout",
-            "pass:secret")
+    openssl(
+        "pkcs8", "-topk8", "-in", str(private), "-out", str(encrypted), "-passout", "pass:secret"
+    )
     with pytest.raises(signing.KeyFileError, match="unencrypted"):
         signing.sign_manifest(b"{}", encrypted)
 
@@ -230,8 +260,9 @@ def test_encrypted_private_key_is_refused(tmp_path: Path, keygen: Keygen) -> Non
 def test_crypto_library_not_imported_without_signatures() -> None:
     """Importing service.signing (and the service package) does not load PyNaCl."""
     code = "import sys, service.signing, service.oci; print('nacl' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 
@@ -239,8 +270,10 @@ def test_crypto_library_not_imported_without_signatures() -> None:
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory, keygen: Keygen,
-           ) -> tuple[Path, signing.TrustedKeys, bytes]:
+def signed(
+    tmp_path_factory: pytest.TempPathFactory,
+    keygen: Keygen,
+) -> tuple[Path, signing.TrustedKeys, bytes]:
     root = tmp_path_factory.mktemp("signed") / "b"
     private, public = keygen("a")
     write_bundle(root, {"model.onnx": b"weights"})
@@ -251,7 +284,8 @@ def signed(tmp_path_factory: pytest.TempPathFactory, keygen: Keygen,
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_other_signature_text_is_rejected(
-        signed: tuple[Path, signing.TrustedKeys, bytes], text: bytes) -> None:
+    signed: tuple[Path, signing.TrustedKeys, bytes], text: bytes
+) -> None:
     """Arbitrary .sig content: verifies only if it decodes to the real signature, else
     signature_invalid; never another exception."""
     root, keys, good = signed
@@ -268,7 +302,8 @@ def test_any_other_signature_text_is_rejected(
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 63), st.integers(1, 255))
 def test_flipped_signature_bits_are_rejected(
-        signed: tuple[Path, signing.TrustedKeys, bytes], index: int, mask: int) -> None:
+    signed: tuple[Path, signing.TrustedKeys, bytes], index: int, mask: int
+) -> None:
     """Any signature with bits flipped: signature_invalid."""
     root, keys, good = signed
     raw = bytearray(base64.b64decode(good))
@@ -283,7 +318,8 @@ def test_flipped_signature_bits_are_rejected(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from([" ", "\n", "\t", "\r\n"]), max_size=120))
 def test_whitespace_in_signature_is_ignored(
-        signed: tuple[Path, signing.TrustedKeys, bytes], spaces: list[str]) -> None:
+    signed: tuple[Path, signing.TrustedKeys, bytes], spaces: list[str]
+) -> None:
     """Whitespace and line breaks anywhere in the base64 text do not matter."""
     root, keys, good = signed
     chars = list(good.strip().decode())
@@ -297,13 +333,20 @@ def test_whitespace_in_signature_is_ignored(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300) | st.builds(
-    lambda body, label: f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n".encode(),
-    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n",
-            max_size=120),
-    st.sampled_from(["PUBLIC KEY", "PRIVATE KEY", "CERTIFICATE"])))
-def test_mangled_key_files_are_a_clean_error(tmp_path_factory: pytest.TempPathFactory,
-                                             text: bytes) -> None:
+@given(
+    st.binary(max_size=300)
+    | st.builds(
+        lambda body, label: f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n".encode(),
+        st.text(
+            alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n",
+            max_size=120,
+        ),
+        st.sampled_from(["PUBLIC KEY", "PRIVATE KEY", "CERTIFICATE"]),
+    )
+)
+def test_mangled_key_files_are_a_clean_error(
+    tmp_path_factory: pytest.TempPathFactory, text: bytes
+) -> None:
     """Arbitrary key file content: keys of 32 bytes or a one-line KeyFileError naming it."""
     path = tmp_path_factory.getbasetemp() / "mangled.pem"
     path.write_bytes(text)
@@ -318,8 +361,11 @@ def test_mangled_key_files_are_a_clean_error(tmp_path_factory: pytest.TempPathFa
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 43), st.integers(1, 255))
 def test_damaged_public_key_never_verifies(
-        signed: tuple[Path, signing.TrustedKeys, bytes], tmp_path_factory: pytest.TempPathFactory,
-        index: int, mask: int) -> None:
+    signed: tuple[Path, signing.TrustedKeys, bytes],
+    tmp_path_factory: pytest.TempPathFactory,
+    index: int,
+    mask: int,
+) -> None:
     """A trusted key with any DER byte damaged: refused at load or verifies nothing."""
     root, keys, _ = signed
     der = bytearray(signing.SPKI_PREFIX + keys.keys[0])
@@ -335,10 +381,15 @@ def test_damaged_public_key_never_verifies(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300),
-       st.integers(-1, 63), st.integers(1, 255))
-def test_verification_agrees_with_libsodium(seed: bytes, message: bytes, index: int,
-                                            mask: int) -> None:
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.binary(max_size=300),
+    st.integers(-1, 63),
+    st.integers(1, 255),
+)
+def test_verification_agrees_with_libsodium(
+    seed: bytes, message: bytes, index: int, mask: int
+) -> None:
     """Our streaming verification accepts exactly what PyNaCl's verify accepts, for good
     signatures and for signatures with a byte damaged (index -1: untouched)."""
     from nacl.exceptions import BadSignatureError
@@ -409,8 +460,7 @@ def signed_reason(root: Path, keys: signing.TrustedKeys) -> str:
     return info.value.reason
 
 
-def test_signed_manifest_is_parsed_and_verified_in_one_read(tmp_path: Path,
-                                                             keygen: Keygen) -> None:
+def test_signed_manifest_is_parsed_and_verified_in_one_read(tmp_path: Path, keygen: Keygen) -> None:
     """A signed manifest is returned parsed once its signature verified."""
     from service.bundle import read_signed_manifest
 
@@ -430,8 +480,7 @@ def test_bad_signature_wins_over_a_malformed_manifest(tmp_path: Path, keygen: Ke
     assert signed_reason(tmp_path, signing.load_trusted_keys(other_public)) == "signature_invalid"
 
 
-def test_malformed_but_signed_manifest_is_manifest_invalid(tmp_path: Path,
-                                                          keygen: Keygen) -> None:
+def test_malformed_but_signed_manifest_is_manifest_invalid(tmp_path: Path, keygen: Keygen) -> None:
     """A correctly signed manifest that is not JSON is manifest_invalid, after the check."""
     private, public = keygen("one")
     (tmp_path / "manifest.json").write_bytes(b"[1, 2" + b" " * 200_000)
@@ -439,8 +488,9 @@ def test_malformed_but_signed_manifest_is_manifest_invalid(tmp_path: Path,
     assert signed_reason(tmp_path, signing.load_trusted_keys(public)) == "manifest_invalid"
 
 
-def test_signed_manifest_without_signature_is_signature_missing(tmp_path: Path,
-                                                                keygen: Keygen) -> None:
+def test_signed_manifest_without_signature_is_signature_missing(
+    tmp_path: Path, keygen: Keygen
+) -> None:
     """No <manifest>.sig: signature_missing, before the manifest is read."""
     _private, public = keygen("one")
     write_bundle(tmp_path, {"m.bin": b"x"})

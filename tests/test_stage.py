@@ -27,8 +27,11 @@ def make_bundle(root: Path, files: dict[str, bytes], manifest: object = None) ->
 
 def test_wrong_listed_checksum_is_refused_naming_the_file(tmp_path: Path, models: Path) -> None:
     """A producer's sha256 that does not match exits 1 naming the file; staging stays empty."""
-    src = make_bundle(tmp_path / "b", {"model.bin": b"real"},
-                      {"files": {"model.bin": {"sha256": sha256(b"claimed")}}})
+    src = make_bundle(
+        tmp_path / "b",
+        {"model.bin": b"real"},
+        {"files": {"model.bin": {"sha256": sha256(b"claimed")}}},
+    )
     out = run_cli("stage", str(src), env=base_env(models))
     assert out.returncode == 1 and "model.bin" in out.stderr and "sha256" in out.stderr
     assert list((models / "staging").iterdir()) == []
@@ -36,8 +39,11 @@ def test_wrong_listed_checksum_is_refused_naming_the_file(tmp_path: Path, models
 
 def test_wrong_listed_size_is_refused_naming_the_file(tmp_path: Path, models: Path) -> None:
     """A producer's size that does not match exits 1 naming the file, nothing copied."""
-    src = make_bundle(tmp_path / "b", {"model.bin": b"real"},
-                      {"files": {"model.bin": {"sha256": sha256(b"real"), "size": 5}}})
+    src = make_bundle(
+        tmp_path / "b",
+        {"model.bin": b"real"},
+        {"files": {"model.bin": {"sha256": sha256(b"real"), "size": 5}}},
+    )
     out = run_cli("stage", str(src), env=base_env(models))
     assert out.returncode == 1 and "model.bin" in out.stderr and "bytes" in out.stderr
     assert not (models / "staging").exists() or list((models / "staging").iterdir()) == []
@@ -45,8 +51,9 @@ def test_wrong_listed_size_is_refused_naming_the_file(tmp_path: Path, models: Pa
 
 def test_listed_file_missing_is_refused(tmp_path: Path, models: Path) -> None:
     """A file the producer's manifest lists but the bundle lacks exits 1 naming it."""
-    src = make_bundle(tmp_path / "b", {"model.bin": b"x"},
-                      {"files": {"gone.bin": {"sha256": sha256(b"x")}}})
+    src = make_bundle(
+        tmp_path / "b", {"model.bin": b"x"}, {"files": {"gone.bin": {"sha256": sha256(b"x")}}}
+    )
     out = run_cli("stage", str(src), env=base_env(models))
     assert out.returncode == 1 and "gone.bin" in out.stderr
 
@@ -86,8 +93,11 @@ def test_stage_never_creates_the_volume(tmp_path: Path) -> None:
 
 def test_complete_manifest_is_staged_byte_for_byte(tmp_path: Path, models: Path) -> None:
     """A producer manifest that lists every file is kept as is (a signature stays valid)."""
-    manifest = {"version": "v1", "files": {"m": {"sha256": sha256(b"x"), "size": 1}},
-                "extra": [1, 2]}
+    manifest = {
+        "version": "v1",
+        "files": {"m": {"sha256": sha256(b"x"), "size": 1}},
+        "extra": [1, 2],
+    }
     src = make_bundle(tmp_path / "b", {"m": b"x"}, manifest)
     out = run_cli("stage", str(src), env=base_env(models))
     assert out.returncode == 0, out.stderr

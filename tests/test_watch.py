@@ -64,7 +64,8 @@ def test_real_watch_calls_back_when_ready_appears(tmp_path: Path) -> None:
 
 
 def test_daemon_that_never_polls_promotes_when_ready_appears(
-        models: Path, start_daemon: Callable[..., SidecarProcess]) -> None:
+    models: Path, start_daemon: Callable[..., SidecarProcess]
+) -> None:
     """With a one-hour interval, a bundle staged after start is promoted by the watch."""
     daemon = start_daemon(models, "--poll-interval", "3600")
     daemon.wait_ready()
@@ -73,11 +74,12 @@ def test_daemon_that_never_polls_promotes_when_ready_appears(
 
 
 def test_daemon_delivers_a_command_rollback_without_polling(
-        models: Path, start_daemon: Callable[..., SidecarProcess],
-        reload_server: ReloadServer) -> None:
+    models: Path, start_daemon: Callable[..., SidecarProcess], reload_server: ReloadServer
+) -> None:
     """A CLI rollback's reload is sent by the daemon at once, not at its next poll."""
-    daemon = start_daemon(models, "--poll-interval", "3600",
-                          RELOAD_URL=reload_server.url + "/reload")
+    daemon = start_daemon(
+        models, "--poll-interval", "3600", RELOAD_URL=reload_server.url + "/reload"
+    )
     daemon.wait_ready()
     for version in ("v1", "v2"):
         write_bundle(models / "staging", {"model.bin": version.encode()}, version=version)

@@ -89,8 +89,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 return self._reply(404, {"error": "not found"})
             token = expected_token()
             given = self.headers.get("Authorization", "")
-            if token == UNREADABLE or (token and not hmac.compare_digest(given,
-                                                                          f"Bearer {token}")):
+            if token == UNREADABLE or (token and not hmac.compare_digest(given, f"Bearer {token}")):
                 return self._reply(401, {"error": "bad token"})
             return self._reply(*app.reload())
 
@@ -115,8 +114,9 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 def main() -> int:
     current = Path(os.environ.get("MODELS_CURRENT", "/models/current"))
     addr = os.environ.get("APP_ADDR", "0.0.0.0")  # noqa: S104 - the app serves the pod
-    server = ThreadingHTTPServer((addr, int(os.environ.get("APP_PORT", "8000"))),
-                                 make_handler(App(current)))
+    server = ThreadingHTTPServer(
+        (addr, int(os.environ.get("APP_PORT", "8000"))), make_handler(App(current))
+    )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"forecaster app on {addr}:{server.server_port}, serving {current}", flush=True)
     server.serve_forever()

@@ -36,8 +36,11 @@ def main() -> None:
         x = np.arange(10, dtype=float).reshape(-1, 1)
         model = LinearRegression().fit(x, args.slope * x.ravel() + 1.0)
         joblib.dump(model, args.out / "model.joblib")
-    settings = {"name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib", "version": args.version}}
+    settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": args.version},
+    }
     (args.out / "model-settings.json").write_text(json.dumps(settings, indent=2))
 
 

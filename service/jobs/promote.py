@@ -88,17 +88,24 @@ class PassResult:
 
 
 class Promoter:
-    def __init__(self, config: Config, metrics: Metrics, reloader: Reloader,
-                 clock: Callable[[], float] = time.time,
-                 progress: Progress | None = None, retried_later: bool = True,
-                 record_pending: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        reloader: Reloader,
+        clock: Callable[[], float] = time.time,
+        progress: Progress | None = None,
+        retried_later: bool = True,
+        record_pending: bool | None = None,
+    ) -> None:
         self.config = config
         self.layout = Layout.from_config(config)
         self.metrics = metrics
         self.clock = clock
         self.progress = progress or Progress()
-        self.delivery = ReloadDelivery(self.layout, reloader, metrics, self._now,
-                                       self._damaged, retried_later, record_pending)
+        self.delivery = ReloadDelivery(
+            self.layout, reloader, metrics, self._now, self._damaged, retried_later, record_pending
+        )
         self.changes = JournalledChanges(self.layout, metrics, self.delivery, self._now)
         self.recovery = Recovery(self.layout, self.changes, self._now, self._damaged)
         self.pass_lock = threading.Lock()
@@ -155,7 +162,8 @@ class Promoter:
         try:
             return self.delivery.send_pending_or_roll_back(
                 self.config.rollback_on_reload_failure,
-                lambda previous, failed: self.rollback(previous, "reload_failure", failed))
+                lambda previous, failed: self.rollback(previous, "reload_failure", failed),
+            )
         except (OSError, RollbackError, StateDamaged) as exc:
             log.error("cannot record the reload's outcome: %s", one_line(exc))
             return True
@@ -173,12 +181,14 @@ class Promoter:
         if self._history_offset is None:
             self._history_offset = _size(self.layout.history)
             return
-        events, self._history_offset = history.read_from(self.layout.history,
-                                                         self._history_offset)
+        events, self._history_offset = history.read_from(self.layout.history, self._history_offset)
         for event in events:
             if event.get("event") == "rolled_back" and event.get("trigger") == "manual":
-                log.info("a rollback command switched current to %s (from %s)",
-                         event.get("version"), event.get("previous") or "nothing")
+                log.info(
+                    "a rollback command switched current to %s (from %s)",
+                    event.get("version"),
+                    event.get("previous") or "nothing",
+                )
                 self.metrics.rollbacks.labels("manual").inc()
                 self.changes.retention_due = True
 
@@ -200,18 +210,15 @@ class Promoter:
                 fsops.sync_tree(self.layout.incoming, also=(self.layout.work, self.layout.staging))
         except Cancelled:
             self._abandon_claim()
-            log.info("stopping: the validation in progress was abandoned, the bundle "
-                     "stays staged")
+            log.info("stopping: the validation in progress was abandoned, the bundle stays staged")
             return PassResult("cancelled")
         except (OSError, TransientError) as exc:
             self._abandon_claim()
             self._count_failure("io_error", "io_error")
-            log.error("cannot take the staged bundle, the next poll retries: %s",
-                      one_line(exc))
+            log.error("cannot take the staged bundle, the next poll retries: %s", one_line(exc))
             return PassResult("io_error")
         self.changes.apply(intent)
-        return PassResult("rejected" if isinstance(intent, Reject) else "promoted",
-                          intent.name)
+        return PassResult("rejected" if isinstance(intent, Reject) else "promoted", intent.name)
 
     def _decide(self, skipped: list[str], claim: Claim, previous: str | None) -> Intent:
         """Validate the claimed bundle: the promote or reject intent. With
@@ -222,14 +229,15 @@ class Promoter:
         digest = self._pulled_digest(root / name)
         try:
             # Only the manifest and its signature are read before the signature verified.
-            signed = None if keys is None else read_signed_manifest(root, name, keys,
-                                                                   self.progress)
+            signed = None if keys is None else read_signed_manifest(root, name, keys, self.progress)
             if skipped:
                 raise BundleRejected("unsafe_path", f"special file {skipped[0]} in the bundle")
             scan = check_tree(root, name)
             if scan.hard_linked:
-                log.info("copying %d hard-linked files so that the version is private",
-                         volume.break_hard_links(self.layout))
+                log.info(
+                    "copying %d hard-linked files so that the version is private",
+                    volume.break_hard_links(self.layout),
+                )
             manifest = self._checked_manifest(root, name, signed)
             return Promote(self._version_name(manifest), previous, claim, self.clock(), digest)
         except BundleRejected as exc:
@@ -243,8 +251,7 @@ class Promoter:
 
         return signing.reload_trusted_keys(self.config.trusted_keys_file)
 
-    def _checked_manifest(self, root: Path, name: str,
-                          signed: Manifest | None) -> Manifest | None:
+    def _checked_manifest(self, root: Path, name: str, signed: Manifest | None) -> Manifest | None:
         if signed is None:
             return check_contents(root, name, self.config.require_manifest, self.progress)
         from service import signing
@@ -290,19 +297,23 @@ class Promoter:
 
     # -- rollback ----------------------------------------------------------------------
 
-    def rollback(self, target: str | None, trigger: Trigger,
-                 expect_current: str | None = None) -> str:
+    def rollback(
+        self, target: str | None, trigger: Trigger, expect_current: str | None = None
+    ) -> str:
         """Switch current back to target (default: the previous version)."""
         if target is not None and not is_valid_version(target):
-            raise ConfigError(f"VERSION: {target[:80]!r} is not a version name (the name "
-                              f"of a directory in {self.layout.versions}, never a path)")
+            raise ConfigError(
+                f"VERSION: {target[:80]!r} is not a version name (the name "
+                f"of a directory in {self.layout.versions}, never a path)"
+            )
         with fsops.volume_lock(self.layout.lock, wait=True):
             self._recover()
             current = volume.current_name(self.layout)
             if expect_current is not None and current != expect_current:
                 raise RollbackError(f"current moved on to {current}; not rolling back")
             target = target or history.previous_version(
-                self.layout.history, history.read_tail(self.layout.history), current)
+                self.layout.history, history.read_tail(self.layout.history), current
+            )
             if target is None:
                 raise RollbackError("there is no previous version to roll back to")
             path = self.layout.version_dir(target)
@@ -321,12 +332,19 @@ class Promoter:
         events = history.read_tail(self.layout.history)
         current = volume.current_name(self.layout)
         protected = {current, history.previous_version(self.layout.history, events, current)}
-        ordered = retention.order_versions(volume.list_dirs(self.layout.versions),
-                                           history.promotion_order(events))
-        doomed = [self.layout.version_dir(v) for v in
-                  retention.versions_to_delete(ordered, self.config.keep_versions, protected)]
-        doomed += [self.layout.rejected / r for r in retention.rejected_to_delete(
-            volume.list_dirs(self.layout.rejected), self.config.keep_rejected)]
+        ordered = retention.order_versions(
+            volume.list_dirs(self.layout.versions), history.promotion_order(events)
+        )
+        doomed = [
+            self.layout.version_dir(v)
+            for v in retention.versions_to_delete(ordered, self.config.keep_versions, protected)
+        ]
+        doomed += [
+            self.layout.rejected / r
+            for r in retention.rejected_to_delete(
+                volume.list_dirs(self.layout.rejected), self.config.keep_rejected
+            )
+        ]
         with doing("retention"):
             for path in doomed:
                 log.info("retention: deleting %s", path)
@@ -362,8 +380,9 @@ class Promoter:
             return None
 
     def interval(self) -> float:
-        return resolve_interval(self.config.poll_override, self._manifest_interval,
-                                self.config.poll_default)
+        return resolve_interval(
+            self.config.poll_override, self._manifest_interval, self.config.poll_default
+        )
 
     def _count_failure(self, outcome: PassOutcome, reason: str) -> None:
         self.metrics.promotions.labels(OUTCOME_LABELS[outcome]).inc()

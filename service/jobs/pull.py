@@ -137,14 +137,24 @@ def remembered(state: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def remember(state: Path, digest: str, status: str, version: str | None,
-             clock: Callable[[], float] = time.time) -> None:
+def remember(
+    state: Path,
+    digest: str,
+    status: str,
+    version: str | None,
+    clock: Callable[[], float] = time.time,
+) -> None:
     """Append one record to ``pulled.jsonl``, fsynced."""
-    record = {"digest": digest, "state": status, "version": version,
-              "time": history.rfc3339(clock())}
+    record = {
+        "digest": digest,
+        "state": status,
+        "version": version,
+        "time": history.rfc3339(clock()),
+    }
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(state / "pulled.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                 0o644)
+    fd = os.open(
+        state / "pulled.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+    )
     try:
         os.write(fd, line)
         os.fsync(fd)
@@ -163,8 +173,13 @@ def staged_digest(state: Path, manifest_bytes: bytes | None) -> str | None:
     return record["digest"] if expected == actual else None
 
 
-def record_outcome(state: Path, digest: str, outcome: str, version: str | None,
-                   clock: Callable[[], float] = time.time) -> None:
+def record_outcome(
+    state: Path,
+    digest: str,
+    outcome: str,
+    version: str | None,
+    clock: Callable[[], float] = time.time,
+) -> None:
     """Promotion's verdict on a pulled bundle: ``promoted`` (with its version name) or
     ``rejected``. Remembered for good; the staged record is cleared."""
     assert outcome in OUTCOMES, outcome
@@ -263,10 +278,16 @@ def staging_holds(staging: Path, layers: list[Layer]) -> bool:
 class PullJob:
     """One run per SOURCE_POLL_SECONDS; everything it touches is injected."""
 
-    def __init__(self, paths: PullPaths, reference: Reference, client: RegistryClient,
-                 metrics: PullMetrics, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 on_chunk: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        paths: PullPaths,
+        reference: Reference,
+        client: RegistryClient,
+        metrics: PullMetrics,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         self.paths = paths
         self.reference = reference
         self.client = client
@@ -349,22 +370,34 @@ class PullJob:
             return _reason(exc), exc.detail
         except OSError as exc:
             return "io_error", f"{exc.filename or pull.root}: {exc.strerror}"
-        log.info("pulled %s: %s files downloaded, %s reused from current", digest,
-                 progress.downloaded, progress.reused)
+        log.info(
+            "pulled %s: %s files downloaded, %s reused from current",
+            digest,
+            progress.downloaded,
+            progress.reused,
+        )
         return None, ""
 
     def _current_dir(self) -> Path | None:
         name = current_version(self.paths)
         return self.paths.versions / name if name else None
 
-    def _pulled_event(self, digest: str, received: int, duration: float,
-                      reason: str | None) -> None:
+    def _pulled_event(
+        self, digest: str, received: int, duration: float, reason: str | None
+    ) -> None:
         if reason is not None and self._last_failure == (digest, reason):
             return  # the same failure again: counted in metrics, not another history line
-        event = history.make_event("pulled", None, self.clock, digest=digest,
-                                   reference=str(self.reference), bytes=received,
-                                   duration_seconds=round(duration, 6),
-                                   outcome="failure" if reason else "success", reason=reason)
+        event = history.make_event(
+            "pulled",
+            None,
+            self.clock,
+            digest=digest,
+            reference=str(self.reference),
+            bytes=received,
+            duration_seconds=round(duration, 6),
+            outcome="failure" if reason else "success",
+            reason=reason,
+        )
         history.append(self.paths.history, event)
 
     def _failed(self, digest: str | None, reason: str, detail: str) -> PullResult:
@@ -392,10 +425,16 @@ class PullJob:
         return PullResult("staged", digest)
 
     def _write_record(self, digest: str, manifest_sha: str | None, status: str) -> None:
-        fsops.atomic_write_json(self.paths.staged_record, {
-            "digest": digest, "reference": str(self.reference),
-            "manifest_sha256": manifest_sha, "state": status,
-            "time": history.rfc3339(self.clock())})
+        fsops.atomic_write_json(
+            self.paths.staged_record,
+            {
+                "digest": digest,
+                "reference": str(self.reference),
+                "manifest_sha256": manifest_sha,
+                "state": status,
+                "time": history.rfc3339(self.clock()),
+            },
+        )
 
     def _finish_handoff(self) -> None:
         """Finish a handoff a crash interrupted: files still to move, or READY missing."""

@@ -58,8 +58,9 @@ def build_manifest(layers: Iterable[Layer], annotations: dict[str, str] | None =
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
         "config": _descriptor_json(config_descriptor()),
-        "layers": [_descriptor_json(layer.descriptor())
-                   for layer in sorted(layers, key=lambda la: la.path)],
+        "layers": [
+            _descriptor_json(layer.descriptor()) for layer in sorted(layers, key=lambda la: la.path)
+        ],
     }
     if annotations:
         value["annotations"] = annotations

@@ -43,8 +43,9 @@ def _decode(path: Path, key: str, entry: object) -> Credentials | None:
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         sep, user, password = "", "", ""
     if not sep or not user:
-        raise AuthFileError(f"REGISTRY_AUTH_FILE {path}: auths[{key!r}].auth is not "
-                            "base64 of user:password")
+        raise AuthFileError(
+            f"REGISTRY_AUTH_FILE {path}: auths[{key!r}].auth is not base64 of user:password"
+        )
     return Credentials(user, password)
 
 

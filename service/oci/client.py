@@ -83,8 +83,16 @@ def make_session(pool: int = 4, ca_bundle: str | None = None) -> requests.Sessio
     session = requests.Session()
     if ca_bundle is not None:
         session.verify = ca_bundle
-    retry = Retry(total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.5,
-                  allowed_methods=None, raise_on_status=False)
+    retry = Retry(
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        backoff_factor=0.5,
+        allowed_methods=None,
+        raise_on_status=False,
+    )
     adapter = HTTPAdapter(max_retries=retry, pool_connections=pool, pool_maxsize=pool)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -114,11 +122,18 @@ class RegistryClient:
     """One registry, one repository; ``actions`` is the token scope (``pull`` or
     ``pull,push``)."""
 
-    def __init__(self, registry: str, repository: str, *,
-                 insecure: frozenset[str] = frozenset(), auth_file: Path | None = None,
-                 session: requests.Session | None = None,
-                 timeout: tuple[float, float] = TIMEOUT, actions: str = "pull",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: str,
+        repository: str,
+        *,
+        insecure: frozenset[str] = frozenset(),
+        auth_file: Path | None = None,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = TIMEOUT,
+        actions: str = "pull",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
         self.repository = repository
         self.base = base_url(registry, insecure)
@@ -139,25 +154,36 @@ class RegistryClient:
         ours, theirs = urlsplit(self.base), urlsplit(url)
         return (ours.scheme, ours.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
 
-    def _send(self, method: str, url: str, headers: Mapping[str, str],
-              **kwargs: Any) -> requests.Response:
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any
+    ) -> requests.Response:
         if not self._same_registry(url):
-            raise RegistryError("connection", f"{method} to {urlsplit(url).netloc} refused: "
-                                f"only {self.registry} is contacted")
+            raise RegistryError(
+                "connection",
+                f"{method} to {urlsplit(url).netloc} refused: only {self.registry} is contacted",
+            )
         sent = dict(headers)
         if self._authorization:
             sent["Authorization"] = self._authorization
         self.stats.requests += 1
         self.stats.paths.append(f"{method} {urlsplit(url).path}")
         try:
-            return self.session.request(method, url, headers=sent, timeout=self.timeout,
-                                        allow_redirects=False, **kwargs)
+            return self.session.request(
+                method, url, headers=sent, timeout=self.timeout, allow_redirects=False, **kwargs
+            )
         except requests.RequestException as exc:
-            raise RegistryError("connection", f"{method} {self.registry}: "
-                                f"{type(exc).__name__}") from None
+            raise RegistryError(
+                "connection", f"{method} {self.registry}: {type(exc).__name__}"
+            ) from None
 
-    def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
-                body: IO[bytes] | bytes | None = None, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: IO[bytes] | bytes | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
         """Send, answering one auth challenge and following same-registry redirects."""
         headers = headers or {}
         challenged = False
@@ -182,8 +208,9 @@ class RegistryClient:
     def _credentials(self) -> Credentials:
         credentials = credentials_for(self.auth_file, self.registry)
         if credentials is None:
-            raise RegistryError("auth", f"{self.registry} asks for credentials and "
-                                f"{self.auth_file} has none for it")
+            raise RegistryError(
+                "auth", f"{self.registry} asks for credentials and {self.auth_file} has none for it"
+            )
         return credentials
 
     def _answer_challenge(self, header: str) -> None:
@@ -195,26 +222,37 @@ class RegistryClient:
         elif scheme == "bearer" and "realm" in params:
             self._authorization = "Bearer " + self._fetch_token(params)
         else:
-            raise RegistryError("auth", f"{self.registry}: unsupported auth challenge "
-                                f"{scheme or 'none'}")
+            raise RegistryError(
+                "auth", f"{self.registry}: unsupported auth challenge {scheme or 'none'}"
+            )
 
     def _fetch_token(self, params: dict[str, str]) -> str:
         """The token of a Bearer challenge, asked of a realm on the same registry."""
         realm = params["realm"]
         if not self._same_registry(urljoin(self.base, realm)):
-            raise RegistryError("auth", f"token realm {urlsplit(realm).netloc} is not "
-                                f"{self.registry}: not supported")
-        query = {"service": params.get("service", ""),
-                 "scope": f"repository:{self.repository}:{self.actions}"}
+            raise RegistryError(
+                "auth",
+                f"token realm {urlsplit(realm).netloc} is not {self.registry}: not supported",
+            )
+        query = {
+            "service": params.get("service", ""),
+            "scope": f"repository:{self.repository}:{self.actions}",
+        }
         creds = credentials_for(self.auth_file, self.registry)
         auth = (creds.username, creds.password) if creds else None
         self.stats.requests += 1
         try:
-            response = self.session.get(urljoin(self.base, realm), params=query, auth=auth,
-                                        timeout=self.timeout, allow_redirects=False)
+            response = self.session.get(
+                urljoin(self.base, realm),
+                params=query,
+                auth=auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
         except requests.RequestException as exc:
-            raise RegistryError("connection", f"token {self.registry}: "
-                                f"{type(exc).__name__}") from None
+            raise RegistryError(
+                "connection", f"token {self.registry}: {type(exc).__name__}"
+            ) from None
         if response.status_code != 200 or len(response.content) > MAX_TOKEN_BYTES:
             raise RegistryError("auth", f"token {self.registry}: HTTP {response.status_code}")
         value = _json(response.content)
@@ -234,8 +272,7 @@ class RegistryClient:
     def head_manifest(self, target: str) -> Descriptor:
         """The digest and size the tag (or digest) names now: one HEAD request."""
         what = f"{self.registry}/{self.repository}:{target}"
-        response = self.request("HEAD", self._url(f"manifests/{target}"),
-                                {"Accept": OCI_MANIFEST})
+        response = self.request("HEAD", self._url(f"manifests/{target}"), {"Accept": OCI_MANIFEST})
         response.close()
         if response.status_code != 200:
             raise self._fail(response, f"HEAD {what}")
@@ -252,8 +289,9 @@ class RegistryClient:
     def get_manifest(self, digest: str) -> bytes:
         """The manifest bytes, checked against digest (a registry may serve tampered bytes
         under the original digest header)."""
-        response = self.request("GET", self._url(f"manifests/{digest}"),
-                                {"Accept": OCI_MANIFEST}, stream=True)
+        response = self.request(
+            "GET", self._url(f"manifests/{digest}"), {"Accept": OCI_MANIFEST}, stream=True
+        )
         with response:
             if response.status_code != 200:
                 raise self._fail(response, f"GET manifest {digest}")
@@ -264,8 +302,9 @@ class RegistryClient:
         return data
 
     def put_manifest(self, tag: str, data: bytes, media_type: str = OCI_MANIFEST) -> str:
-        response = self.request("PUT", self._url(f"manifests/{tag}"),
-                                {"Content-Type": media_type}, body=data)
+        response = self.request(
+            "PUT", self._url(f"manifests/{tag}"), {"Content-Type": media_type}, body=data
+        )
         response.close()
         if response.status_code not in (200, 201):
             raise self._fail(response, f"PUT manifest {self.repository}:{tag}")
@@ -289,23 +328,26 @@ class RegistryClient:
 
     def upload_blob(self, digest: str, size: int, source: IO[bytes] | bytes) -> None:
         """Monolithic upload: POST opens a session, one streamed PUT with the digest ends it."""
-        response = self.request("POST", self._url("blobs/uploads/"),
-                                {"Content-Length": "0"})
+        response = self.request("POST", self._url("blobs/uploads/"), {"Content-Length": "0"})
         response.close()
         if response.status_code != 202 or "Location" not in response.headers:
             raise self._fail(response, f"POST upload of {digest}")
         location = urljoin(self._url("blobs/uploads/"), response.headers["Location"])
         separator = "&" if "?" in location else "?"
-        response = self.request("PUT", f"{location}{separator}digest={digest}",
-                                {"Content-Type": "application/octet-stream",
-                                 "Content-Length": str(size)}, body=source)
+        response = self.request(
+            "PUT",
+            f"{location}{separator}digest={digest}",
+            {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            body=source,
+        )
         response.close()
         if response.status_code != 201:
             raise self._fail(response, f"PUT blob {digest}")
         self.stats.bytes_sent += size
 
-    def _counter(self, descriptor: Descriptor, remaining: int,
-                 progress: Callable[[int], None] | None) -> Callable[[int], None]:
+    def _counter(
+        self, descriptor: Descriptor, remaining: int, progress: Callable[[int], None] | None
+    ) -> Callable[[int], None]:
         deadline = self.clock() + BLOB_FLOOR_SECONDS + remaining / MIN_BYTES_PER_SECOND
 
         def count(length: int) -> None:
@@ -313,13 +355,17 @@ class RegistryClient:
             if progress is not None:
                 progress(length)
             if self.clock() > deadline:
-                raise RegistryError("connection", f"blob {descriptor.digest}: slower than "
-                                    f"{MIN_BYTES_PER_SECOND} B/s, stopped (resumed later)")
+                raise RegistryError(
+                    "connection",
+                    f"blob {descriptor.digest}: slower than "
+                    f"{MIN_BYTES_PER_SECOND} B/s, stopped (resumed later)",
+                )
 
         return count
 
-    def download_blob(self, descriptor: Descriptor, part: Path,
-                      progress: Callable[[int], None] | None = None) -> int:
+    def download_blob(
+        self, descriptor: Descriptor, part: Path, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Stream the blob into ``part``, resuming what is there with a Range request.
 
         On return ``part`` holds exactly the blob, fsynced and verified; the bytes
@@ -331,13 +377,15 @@ class RegistryClient:
         if offset < descriptor.size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             self.stats.range_requests += bool(offset)
-            response = self.request("GET", self._url(f"blobs/{descriptor.digest}"), headers,
-                                    stream=True)
+            response = self.request(
+                "GET", self._url(f"blobs/{descriptor.digest}"), headers, stream=True
+            )
             with response:
                 if response.status_code == 200 and offset:
                     hasher, offset = hashlib.sha256(), 0  # the registry ignored Range
                 elif response.status_code not in (200, 206) or (
-                        response.status_code == 206 and not _range_starts(response, offset)):
+                    response.status_code == 206 and not _range_starts(response, offset)
+                ):
                     raise self._fail(response, f"GET blob {descriptor.digest}")
                 count = self._counter(descriptor, descriptor.size - offset, progress)
                 received = _stream_to(response, part, offset, descriptor, hasher, count)
@@ -391,8 +439,14 @@ def _hash_existing(part: Path, size: int) -> tuple[Any, int]:
     return hasher, length
 
 
-def _stream_to(response: requests.Response, part: Path, offset: int, descriptor: Descriptor,
-               hasher: Any, count: Callable[[int], None]) -> int:
+def _stream_to(
+    response: requests.Response,
+    part: Path,
+    offset: int,
+    descriptor: Descriptor,
+    hasher: Any,
+    count: Callable[[int], None],
+) -> int:
     received = 0
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as out:
@@ -402,16 +456,19 @@ def _stream_to(response: requests.Response, part: Path, offset: int, descriptor:
             for chunk in response.iter_content(CHUNK):
                 if offset + received + len(chunk) > descriptor.size:
                     part.unlink()
-                    raise RegistryError("digest_mismatch",
-                                        f"blob {descriptor.digest} is longer than "
-                                        f"{descriptor.size} B")
+                    raise RegistryError(
+                        "digest_mismatch",
+                        f"blob {descriptor.digest} is longer than {descriptor.size} B",
+                    )
                 out.write(chunk)
                 hasher.update(chunk)
                 received += len(chunk)
                 count(len(chunk))
         except requests.RequestException as exc:
-            raise RegistryError("connection", f"blob {descriptor.digest} after "
-                                f"{offset + received} B: {type(exc).__name__}") from None
+            raise RegistryError(
+                "connection",
+                f"blob {descriptor.digest} after {offset + received} B: {type(exc).__name__}",
+            ) from None
         finally:
             out.flush()
             os.fsync(out.fileno())  # keep what arrived: the next attempt resumes from it
@@ -421,8 +478,9 @@ def _stream_to(response: requests.Response, part: Path, offset: int, descriptor:
 def _check_complete(part: Path, descriptor: Descriptor, hasher: Any) -> None:
     length = part.stat().st_size
     if length != descriptor.size:
-        raise RegistryError("connection", f"blob {descriptor.digest}: {length} of "
-                            f"{descriptor.size} B arrived")
+        raise RegistryError(
+            "connection", f"blob {descriptor.digest}: {length} of {descriptor.size} B arrived"
+        )
     if hasher.hexdigest() != descriptor.hex:
         part.unlink()
         raise RegistryError("digest_mismatch", f"blob {descriptor.digest}: bytes do not match")

@@ -143,9 +143,14 @@ def _reuse(local: Path | None, layer: Layer, part: Path) -> bool:
         return False
 
 
-def _obtain_blob(client: RegistryClient, pull: PullDir, layer: Layer,
-                 reuse: Mapping[str, Path], progress: Progress,
-                 on_chunk: Callable[[int], None] | None) -> None:
+def _obtain_blob(
+    client: RegistryClient,
+    pull: PullDir,
+    layer: Layer,
+    reuse: Mapping[str, Path],
+    progress: Progress,
+    on_chunk: Callable[[int], None] | None,
+) -> None:
     if pull.blob(layer.digest).exists():
         return
     part = pull.part(layer.digest)
@@ -181,8 +186,13 @@ def _by_digest(layers: Iterable[Layer]) -> dict[str, list[Layer]]:
     return groups
 
 
-def download(client: RegistryClient, pull: PullDir, digest: str, reuse: Mapping[str, Path],
-             on_chunk: Callable[[int], None] | None = None) -> Progress:
+def download(
+    client: RegistryClient,
+    pull: PullDir,
+    digest: str,
+    reuse: Mapping[str, Path],
+    on_chunk: Callable[[int], None] | None = None,
+) -> Progress:
     """Make ``pull.bundle`` hold every file of the artifact; what it took.
 
     Resumes whatever an earlier attempt left; raises RegistryError (its reason counted by
@@ -210,5 +220,12 @@ def layer_paths(pull: PullDir) -> list[Layer]:
     return parse_manifest(data)
 
 
-__all__ = ["Progress", "PullDir", "RegistryError", "download", "layer_paths", "prune",
-           "reusable_files"]
+__all__ = [
+    "Progress",
+    "PullDir",
+    "RegistryError",
+    "download",
+    "layer_paths",
+    "prune",
+    "reusable_files",
+]

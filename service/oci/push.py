@@ -55,15 +55,18 @@ def bundle_files(root: Path) -> dict[str, Path]:
             rel = path.relative_to(root).as_posix()
             mode = path.lstat().st_mode
             if not stat.S_ISREG(mode):
-                raise PushRefused(f"{path} is not a regular file: an OCI layer holds file "
-                                  "bytes only")
+                raise PushRefused(
+                    f"{path} is not a regular file: an OCI layer holds file bytes only"
+                )
             if rel not in SKIPPED:
                 found[rel] = path
     return found
 
 
-def plan_layers(files: Mapping[str, Path], overrides: Mapping[str, bytes],
-                ) -> tuple[list[Layer], dict[str, Path | bytes]]:
+def plan_layers(
+    files: Mapping[str, Path],
+    overrides: Mapping[str, bytes],
+) -> tuple[list[Layer], dict[str, Path | bytes]]:
     """The layers, and where each digest's bytes come from."""
     layers: list[Layer] = []
     sources: dict[str, Path | bytes] = {}
@@ -89,8 +92,9 @@ def _upload(client: RegistryClient, digest: str, size: int, source: Path | bytes
         client.upload_blob(digest, size, fh)
 
 
-def push_bundle(client: RegistryClient, tag: str, root: Path,
-                overrides: Mapping[str, bytes] | None = None) -> PushResult:
+def push_bundle(
+    client: RegistryClient, tag: str, root: Path, overrides: Mapping[str, bytes] | None = None
+) -> PushResult:
     """Push root's files (and overrides) under tag; the manifest digest and counts."""
     layers, sources = plan_layers(bundle_files(root), overrides or {})
     sizes = {layer.digest: layer.size for layer in layers}

@@ -10,7 +10,8 @@ from service.errors import ConfigError
 SCHEME = "oci://"
 REGISTRY_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
-    r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
+    r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z"
+)
 COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})*\Z")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
@@ -63,7 +64,7 @@ def parse_reference(text: str, require_scheme: bool = True) -> Reference:
     if len(text) > MAX_REFERENCE or any(c.isspace() for c in text):
         raise ValueError("too long or contains whitespace")
     if text.startswith(SCHEME):
-        text = text[len(SCHEME):]
+        text = text[len(SCHEME) :]
     elif require_scheme:
         raise ValueError(f"must start with {SCHEME}")
     registry, sep, rest = text.partition("/")

@@ -26,8 +26,12 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted by the test (root only; skipped where mount is refused)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
     yield mnt
@@ -44,8 +48,9 @@ def test_enospc_keeps_the_bundle_staged_until_space_returns(
     daemon.wait_ready()
     write_bundle(staging, {"big.bin": os.urandom(6 * 1024 * 1024)}, version="v1")
     staged = tree_digest(staging)
-    daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
-                       reason="io_error")
+    daemon.wait_metric(
+        "model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1, reason="io_error"
+    )
     line = next(ln for ln in daemon.log().splitlines() if "No space left on device" in ln)
     assert "copy of" in line and str(models) in line  # the operation and the path
     assert tree_digest(staging) == staged
@@ -63,14 +68,16 @@ def test_permission_fault_is_counted_and_recovers_when_fixed(
     here and EPERM takes its place) counts io_error and keeps the bundle; promoted after."""
     write_bundle(models / "staging", {"m.bin": b"data"}, version="v1")
     staged = tree_digest(models / "staging")
-    locked = subprocess.run(["chattr", "+i", str(models / "staging")], capture_output=True,
-                            text=True, check=False)
+    locked = subprocess.run(
+        ["chattr", "+i", str(models / "staging")], capture_output=True, text=True, check=False
+    )
     if locked.returncode != 0:
         pytest.skip(f"chattr +i is not supported here: {locked.stderr.strip()}")
     try:
         daemon = start_daemon(models, "--poll-interval", "1")
-        daemon.wait_metric("model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1,
-                           reason="io_error")
+        daemon.wait_metric(
+            "model_sidecar_promotion_failures_total", lambda v: (v or 0) >= 1, reason="io_error"
+        )
         line = next(ln for ln in daemon.log().splitlines() if "Operation not permitted" in ln)
         assert "claiming the staged bundle" in line and str(models / "staging") in line
         assert tree_digest(models / "staging") == staged
@@ -130,12 +137,12 @@ class ResettingServer:
 def test_connection_reset_is_a_connection_failure(models: Path, start_daemon: Start) -> None:
     """A server that resets connections: counted as connection, the promotion stands."""
     server = ResettingServer()
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=server.url,
-                          RELOAD_RETRIES="1")
+    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=server.url, RELOAD_RETRIES="1")
     daemon.wait_ready()
     write_bundle(models / "staging", {"m.bin": b"1"}, version="v1")
-    daemon.wait_metric("model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1,
-                       reason="connection")
+    daemon.wait_metric(
+        "model_sidecar_reload_failures_total", lambda v: (v or 0) >= 1, reason="connection"
+    )
     assert check_current(models) == "v1"
     assert server.accepted >= 2
     server.sock.close()
@@ -146,13 +153,18 @@ def test_a_hung_reload_server_does_not_stop_promotions(
 ) -> None:
     """Reloads that time out are counted; later bundles are still promoted."""
     reload_server.default = "hang"
-    daemon = start_daemon(models, "--poll-interval", "1", RELOAD_URL=reload_server.url,
-                          RELOAD_TIMEOUT="0.5", RELOAD_RETRIES="0")
+    daemon = start_daemon(
+        models,
+        "--poll-interval",
+        "1",
+        RELOAD_URL=reload_server.url,
+        RELOAD_TIMEOUT="0.5",
+        RELOAD_RETRIES="0",
+    )
     daemon.wait_ready()
     for n in range(3):
         write_bundle(models / "staging", {"m.bin": bytes([n])}, version=f"v{n}")
-        daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1,
-                           version=f"v{n}")
+        daemon.wait_metric("model_sidecar_current_version_info", lambda v: v == 1, version=f"v{n}")
     assert (daemon.metric("model_sidecar_reload_failures_total", reason="timeout") or 0) >= 3
     assert daemon.stop() == 0
 
