@@ -18,27 +18,12 @@ from service.jobs.promote import Promoter
 from service.layout import Layout
 from service.metrics import Metrics
 from service.reload import Reloader
-from tests.support import (  # noqa: F401 - re-exported for older imports
-    IN_CI,
-    ROOT,
+from tests.support import (
     Harness,
-    Recorded,
     ReloadServer,
     SidecarProcess,
     base_env,
-    free_port,
-    http_get,
-    parse_metrics,
-    require_tool,
-    run_cli,
-    sample,
-    sha256,
-    tree_digest,
-    wait_for,
-    write_bundle,
 )
-
-Daemon = SidecarProcess  # the former name, for imports not yet updated
 
 
 @pytest.fixture
