@@ -143,16 +143,7 @@ class ReloadDelivery:
     def _succeeded(self, pending: PendingReload, result: ReloadResult) -> None:
         if _read_pending_or_none(self.layout) == pending:
             self.layout.pending_reload.unlink()
-        history.append(
-            self.layout.history,
-            history.make_event(
-                "reload",
-                pending.version,
-                self.clock,
-                outcome="success",
-                duration_seconds=round(result.duration, 6),
-            ),
-        )
+        self._record(pending, result, "success")
         self._failure_recorded = None
         log.info("model server reloaded %s", pending.version)
 
@@ -167,17 +158,20 @@ class ReloadDelivery:
         )
         if self._failure_recorded != pending.version:
             self._failure_recorded = pending.version
-            history.append(
-                self.layout.history,
-                history.make_event(
-                    "reload",
-                    pending.version,
-                    self.clock,
-                    outcome="failure",
-                    reason=result.error.reason,
-                    duration_seconds=round(result.duration, 6),
-                ),
-            )
+            self._record(pending, result, "failure", result.error.reason)
+
+    def _record(
+        self, pending: PendingReload, result: ReloadResult, outcome: str, reason: str | None = None
+    ) -> None:
+        event = history.make_event(
+            "reload",
+            pending.version,
+            self.clock,
+            outcome=outcome,
+            reason=reason,
+            duration_seconds=round(result.duration, 6),
+        )
+        history.append(self.layout.history, event)
 
     def _count(self, result: ReloadResult) -> None:
         self.metrics.reload_requests.labels("success").inc(result.attempts - result.failed_attempts)

@@ -34,9 +34,9 @@ def _named(exc: OSError, operation: str, path: str | os.PathLike[str]) -> OSErro
     return OSError(exc.errno, f"{operation} failed: {reason}", os.fspath(path))
 
 
-def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fsync) -> None:
+def _fsync_path(path: str | os.PathLike[str], flags: int, fsync: Callable[[int], None]) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     except OSError as exc:
         raise _named(exc, "open", path) from exc
     try:
@@ -45,6 +45,10 @@ def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fs
         raise _named(exc, "fsync", path) from exc
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fsync) -> None:
+    _fsync_path(path, os.O_DIRECTORY, fsync)
 
 
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
@@ -83,16 +87,7 @@ FSYNC_THREADS = 8
 
 def fsync_file(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     """fsync one regular file (not following a symlink); errors name the path."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _named(exc, "open", path) from exc
-    try:
-        fsync(fd)
-    except OSError as exc:
-        raise _named(exc, "fsync", path) from exc
-    finally:
-        os.close(fd)
+    _fsync_path(path, os.O_NOFOLLOW, fsync)
 
 
 def sync_tree(

@@ -510,12 +510,9 @@ class MetricsServer:
             )
 
     def _read(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(self.limits.max_head + 1 - len(conn.inbuf))
-        except BlockingIOError:
+        data = _recv(conn, self.limits.max_head + 1 - len(conn.inbuf))
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close(conn)
             return
@@ -572,13 +569,7 @@ class MetricsServer:
         self._watch(conn, selectors.EVENT_READ)
 
     def _drain(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        if _recv(conn, 65536) == b"":
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -611,3 +602,14 @@ def start_server(
     )
     server.start()
     return server
+
+
+def _recv(conn: _Conn, size: int) -> bytes | None:
+    """Up to size bytes; b"" when the peer closed (or the socket failed), None when
+    nothing is there yet."""
+    try:
+        return conn.sock.recv(size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
