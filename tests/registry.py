@@ -2,7 +2,8 @@
 
 Never the Debian config (it listens on all interfaces): each instance gets its own
 config with ``127.0.0.1:0`` (or a fixed port, to restart on the same address), its own
-storage root, and optionally htpasswd Basic auth.
+storage root, and optionally htpasswd Basic auth, or ``proxy_of`` another instance to run
+as distribution's pull-through cache of it (a site mirror).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import urllib.request
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+# distribution logs every request it answered on stderr, access log or not.
+COMPLETED = re.compile(
+    r'msg="response completed".*?http\.request\.method=(\w+).*?http\.request\.uri="?([^" ]+)'
+)
 START_DEADLINE = 20.0
 
 
@@ -35,6 +40,7 @@ class Registry:
         users: dict[str, str] | None = None,
         binary: str | None = None,
         htpasswd: str | None = None,
+        proxy_of: Registry | None = None,
     ) -> None:
         self.binary = binary or _tool("docker-registry")
         self._htpasswd_tool = htpasswd
@@ -44,6 +50,7 @@ class Registry:
         self.users = users or {}
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
+        self.proxy_of = proxy_of
         self._htpasswd = self._write_htpasswd() if self.users else None
 
     def _write_htpasswd(self) -> Path:
@@ -64,6 +71,8 @@ class Registry:
             if self._htpasswd
             else ""
         )
+        if self.proxy_of is not None:
+            auth += f'proxy: {{remoteurl: "http://{self.proxy_of.host}"}}\n'
         path = self.workdir / "config.yml"
         path.write_text(
             "version: 0.1\n"
@@ -123,6 +132,14 @@ class Registry:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def requests(self, method: str, path_part: str) -> int:
+        """How many ``method`` requests whose path holds ``path_part`` it has answered
+        since its last start (from its log)."""
+        log = (self.workdir / "registry.log").read_text(errors="replace")
+        return sum(
+            1 for m in COMPLETED.finditer(log) if m.group(1) == method and path_part in m.group(2)
+        )
 
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver keeps a blob's bytes (to corrupt it in a test)."""
