@@ -132,13 +132,19 @@ def test_second_node_gets_the_bundle_from_the_mirror_with_the_origin_down(
     start_daemon: Callable[..., SidecarProcess],
 ) -> None:
     """With the origin stopped after a first node pulled v1 through the mirror, a second
-    node on its own volume still promotes v1 from the mirror's cache."""
+    node on its own volume still promotes v1 from the mirror's cache, and no node counts
+    a failure."""
     digest, blobs = publish(tmp_path, origin, "v1")
     first = node(start_daemon, tmp_path / "node-a", mirror)
     promoted(first, tmp_path / "node-a", digest)
+    checked = first.metric("model_sidecar_source_checks_total") or 0
     origin.stop()
     second = node(start_daemon, tmp_path / "node-b", mirror)
     promoted(second, tmp_path / "node-b", digest)
     assert second.metric("model_sidecar_pulls_total", outcome="success") == 1
+    first.wait_metric("model_sidecar_source_checks_total", lambda v: (v or 0) > checked, DEADLINE)
+    assert first.metric("model_sidecar_source_up_to_date") == 1
     assert blob_gets(mirror, blobs) == dict.fromkeys(blobs, 2)
+    for daemon in (first, second):  # the origin being down is invisible to the nodes
+        assert daemon.metric("model_sidecar_pull_failures_total", reason="connection") == 0
     stopped_clean(first, second)
