@@ -84,6 +84,8 @@ class Daemon:
 
     def poll(self) -> float:
         """The scheduled job: one pass; returns the interval resolved after it."""
+        if self.progress.stopping.is_set():  # a run queued just before the stop
+            return self.interval
         # After a command's event the command still holds the volume lock for a moment:
         # wait for it rather than skip the pass that delivers the command's reload.
         wait, self._command_pending = self._command_pending, False
@@ -105,6 +107,8 @@ class Daemon:
     def pull_once(self) -> None:
         """The pull job's run; a bundle it staged wakes the promotion job."""
         assert self.pull is not None
+        if self.progress.stopping.is_set():  # a run queued just before the stop
+            return
         with self._pulling:
             result = self.pull.run()
         self._after_pull(result)
