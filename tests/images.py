@@ -48,7 +48,7 @@ def debian_mirror() -> str:
 
 
 class Podman:
-    """podman with the sandbox's settings (TOOLING: vfs, runc, cgroupfs, file events,
+    """podman with the sandbox's settings (measured here: vfs, runc, cgroupfs, file events,
     ulimits) and every directory it writes to under ``root``."""
 
     def __init__(self, root: Path) -> None:
