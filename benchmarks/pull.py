@@ -42,12 +42,13 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from prometheus_client import CollectorRegistry
-from service.jobs.pull import PullJob, PullPaths
+from service.layout import Layout
+from service.jobs.pull import PullJob
 from service.oci.client import RegistryClient
 from service.oci.reference import parse_reference
 from service.pull_metrics import PullMetrics
 host, root, tag = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-paths = PullPaths(root, root / "staging", root / "current")
+paths = Layout(root, root / "staging", root / "current")
 client = RegistryClient(host, "models/forecaster", insecure=frozenset({host}))
 job = PullJob(paths, parse_reference(f"oci://{host}/models/forecaster:{tag}"), client,
               PullMetrics(CollectorRegistry()))

@@ -75,7 +75,7 @@ def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | Non
     """The pull job of SOURCE (SPEC 12), None when SOURCE is not set."""
     if config.source is None:
         return None
-    from service.jobs.pull import PullJob, PullPaths
+    from service.jobs.pull import PullJob
     from service.oci.client import RegistryClient
     from service.oci.reference import source_reference
     from service.pull_metrics import PullMetrics
@@ -87,10 +87,7 @@ def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | Non
         insecure=frozenset(config.source_insecure),
         auth_file=config.registry_auth_file or default_auth_file(),
     )
-    paths = PullPaths(
-        config.models_root, config.staging_dir, config.current_link, config.manifest_name
-    )
-    return PullJob(paths, ref, client, PullMetrics(registry))
+    return PullJob(Layout.from_config(config), ref, client, PullMetrics(registry))
 
 
 def default_auth_file() -> Path:

@@ -70,6 +70,26 @@ class Layout:
         return self.state / "reload-pending.json"
 
     @property
+    def pull(self) -> Path:
+        """The pull job's downloads, one directory per digest."""
+        return self.state / "pull"
+
+    @property
+    def pulled(self) -> Path:
+        """Digests pulled, and what became of them (never pulled again)."""
+        return self.state / "pulled.jsonl"
+
+    @property
+    def pull_staged(self) -> Path:
+        """The pull job's record of a hand-off to staging in progress."""
+        return self.state / "pull-staged.json"
+
+    @property
+    def pull_lock(self) -> Path:
+        """Held by the pull job alone (never the volume lock while it downloads)."""
+        return self.state / "pull.lock"
+
+    @property
     def trash(self) -> Path:
         return self.state / "trash"
 

@@ -15,7 +15,8 @@ from registry import Registry
 from service import history
 from service.errors import BundleRejected
 from service.jobs import pull as pulljob
-from service.jobs.pull import PullJob, PullPaths, PullResult, record_outcome, staged_digest
+from service.jobs.pull import PullJob, PullResult, record_outcome, staged_digest
+from service.layout import Layout
 from service.oci.client import RegistryClient
 from service.oci.push import push_bundle
 from service.oci.reference import parse_reference
@@ -34,11 +35,11 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 @pytest.fixture
-def volume(tmp_path: Path) -> PullPaths:
+def volume(tmp_path: Path) -> Layout:
     root = tmp_path / "models"
     (root / "staging").mkdir(parents=True)
     (root / "versions").mkdir()
-    return PullPaths(root, root / "staging", root / "current")
+    return Layout(root, root / "staging", root / "current")
 
 
 def make_bundle(path: Path, files: dict[str, bytes], version: str) -> Path:
@@ -74,7 +75,7 @@ class Job:
     def __init__(
         self,
         reg: Registry,
-        volume: PullPaths,
+        volume: Layout,
         tag: str = "stable",
         auth_file: Path | None = None,
         on_chunk: Callable[[int], None] | None = None,
@@ -96,7 +97,7 @@ class Job:
         return [p for p in self.client.stats.paths if p.startswith("GET") and kind in p]
 
 
-def promote(volume: PullPaths, version: str) -> None:
+def promote(volume: Layout, version: str) -> None:
     """What the promotion job does with a staged bundle, reduced to the volume's result
     (the promotion core is not part of these tests)."""
     manifest = (volume.staging / "manifest.json").read_bytes()
@@ -114,12 +115,12 @@ def promote(volume: PullPaths, version: str) -> None:
     record_outcome(volume.state, digest, "promoted", version)
 
 
-def pulled_events(volume: PullPaths) -> list[dict[str, Any]]:
+def pulled_events(volume: Layout) -> list[dict[str, Any]]:
     return [e for e in history.read(volume.history) if e["event"] == "pulled"]
 
 
 def test_pushed_bundle_is_staged_byte_for_byte(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """push then pull: staging holds the bundle's exact bytes and READY."""
     bundle = make_bundle(
@@ -139,7 +140,7 @@ def test_pushed_bundle_is_staged_byte_for_byte(
 
 
 def test_ready_is_written_after_every_file(
-    tmp_path: Path, registry: Registry, volume: PullPaths, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, registry: Registry, volume: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When READY is created, every file of the bundle is already in staging."""
     bundle = make_bundle(tmp_path / "b", {f"f{i}": os.urandom(1000) for i in range(20)}, "v1")
@@ -157,7 +158,7 @@ def test_ready_is_written_after_every_file(
 
 
 def test_history_and_remembered_digest_after_a_pull(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A pull appends a `pulled` event and remembers the digest as staged."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
@@ -170,7 +171,7 @@ def test_history_and_remembered_digest_after_a_pull(
 
 
 def test_changed_file_is_the_only_blob_pushed_and_pulled(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """Second push with one file changed uploads that file and the manifest only; the pull
     downloads only those two blobs and reuses the rest from current."""
@@ -197,7 +198,7 @@ def test_changed_file_is_the_only_blob_pushed_and_pulled(
 
 
 def test_corrupted_blob_is_digest_mismatch_and_nothing_staged(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A blob damaged in the registry's storage: digest_mismatch, staging stays empty."""
     data = os.urandom(100_000)
@@ -215,7 +216,7 @@ def test_corrupted_blob_is_digest_mismatch_and_nothing_staged(
 
 
 def test_killed_registry_mid_blob_resumes_with_range(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """Registry killed mid-blob: `connection`, the partial file kept; after its restart a
     new job (a restarted sidecar) resumes with a Range request and stages the bundle."""
@@ -242,7 +243,7 @@ def test_killed_registry_mid_blob_resumes_with_range(
     assert (volume.staging / "model.bin").read_bytes() == data
 
 
-def test_basic_auth_from_config_json(tmp_path: Path, volume: PullPaths) -> None:
+def test_basic_auth_from_config_json(tmp_path: Path, volume: Layout) -> None:
     """htpasswd registry: credentials from a Docker config.json pull the bundle."""
     reg = Registry(tmp_path / "registry", users={"fleet": "s3cret-pass"}).start()
     try:
@@ -254,7 +255,7 @@ def test_basic_auth_from_config_json(tmp_path: Path, volume: PullPaths) -> None:
 
 
 def test_wrong_password_is_auth_and_secret_not_logged(
-    tmp_path: Path, volume: PullPaths, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, volume: Layout, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A wrong password: failure reason `auth`; the password appears in no log line."""
     reg = Registry(tmp_path / "registry", users={"fleet": "s3cret-pass"}).start()
@@ -271,7 +272,7 @@ def test_wrong_password_is_auth_and_secret_not_logged(
         reg.stop()
 
 
-def test_no_credentials_for_an_auth_registry_is_auth(tmp_path: Path, volume: PullPaths) -> None:
+def test_no_credentials_for_an_auth_registry_is_auth(tmp_path: Path, volume: Layout) -> None:
     """No auth file entry for a registry that asks for one: reason `auth`."""
     reg = Registry(tmp_path / "registry", users={"fleet": "pw"}).start()
     try:
@@ -280,7 +281,7 @@ def test_no_credentials_for_an_auth_registry_is_auth(tmp_path: Path, volume: Pul
         reg.stop()
 
 
-def test_missing_tag_is_not_found(registry: Registry, volume: PullPaths) -> None:
+def test_missing_tag_is_not_found(registry: Registry, volume: Layout) -> None:
     """A tag that does not exist: reason `not_found`, one check counted, no pull."""
     job = Job(registry, volume, tag="nope")
     assert job.run().reason == "not_found"
@@ -289,14 +290,14 @@ def test_missing_tag_is_not_found(registry: Registry, volume: PullPaths) -> None
     assert job.value("model_sidecar_pulls_total", outcome="failure") == 0
 
 
-def test_registry_down_is_connection(tmp_path: Path, registry: Registry, volume: PullPaths) -> None:
+def test_registry_down_is_connection(tmp_path: Path, registry: Registry, volume: Layout) -> None:
     """A registry that does not answer: reason `connection`."""
     registry.kill()
     assert Job(registry, volume).run().reason == "connection"
 
 
 def test_remembered_digest_is_not_pulled_after_restart(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A rejected digest is not pulled again by a new job (a restarted sidecar)."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
@@ -314,7 +315,7 @@ def test_remembered_digest_is_not_pulled_after_restart(
 
 
 def test_busy_staging_waits_then_hands_off_without_downloading_again(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """Staging holds another bundle: the download completes and waits; once staging is
     free the next run stages it with no further blob request."""
@@ -331,7 +332,7 @@ def test_busy_staging_waits_then_hands_off_without_downloading_again(
 
 
 def test_up_to_date_once_current_came_from_the_digest(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """source_up_to_date is 1 after the pulled digest was promoted; digest_info names it."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
@@ -347,7 +348,7 @@ def test_up_to_date_once_current_came_from_the_digest(
 def test_interrupted_handoff_is_finished_by_the_next_run(
     tmp_path: Path,
     registry: Registry,
-    volume: PullPaths,
+    volume: Layout,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A failure between moving the files and READY (simulated: READY's creation raises)
@@ -372,13 +373,13 @@ def test_interrupted_handoff_is_finished_by_the_next_run(
 
 
 def test_taken_bundle_is_not_restaged_after_an_interrupted_record(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A handoff record left at `moving` (crash before it was updated) after the bundle was
     taken, while a producer writes the next bundle: READY is not written under it."""
     push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
     Job(registry, volume).run()
-    record = json.loads(volume.staged_record.read_text())
+    record = json.loads(volume.pull_staged.read_text())
     pull_dir = volume.pull / f"sha256-{record['digest'][7:]}"
     pull_dir.mkdir(parents=True)  # as the crash left it: the manifest, an empty bundle/
     (pull_dir / "bundle").mkdir()
@@ -386,15 +387,15 @@ def test_taken_bundle_is_not_restaged_after_an_interrupted_record(
     (pull_dir / "manifest.json").write_bytes(manifest)
     promote(volume, "v1")
     record["state"] = "moving"
-    volume.staged_record.write_text(json.dumps(record))
+    volume.pull_staged.write_text(json.dumps(record))
     (volume.staging / "m").write_bytes(b"the next bundle, half written")
     Job(registry, volume).run()
     assert os.listdir(volume.staging) == ["m"]
-    assert json.loads(volume.staged_record.read_text())["state"] == "ready"
+    assert json.loads(volume.pull_staged.read_text())["state"] == "ready"
 
 
 def test_artifact_with_an_escaping_title_writes_nothing_outside(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A manifest whose layer title is `../../escape`: digest_mismatch (not a bundle), no
     blob downloaded, nothing written outside the pull directory."""
@@ -441,7 +442,7 @@ def test_artifact_with_an_escaping_title_writes_nothing_outside(
 
 
 def test_stop_abandons_the_download_and_a_restart_resumes(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """stop() during a download (SIGTERM): `stopped` at the next chunk, no failure counted,
     the partial file kept; a new job resumes it with a Range request."""
@@ -475,7 +476,7 @@ def test_stop_abandons_the_download_and_a_restart_resumes(
 
 
 def test_trickling_blob_is_cut_off_as_connection(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A blob slower than the minimum rate (an injected clock that runs fast): the download
     stops with `connection` instead of holding the job, the partial file kept."""
@@ -492,7 +493,7 @@ def test_trickling_blob_is_cut_off_as_connection(
 
 
 def test_pulled_signed_bundle_verifies_in_staging(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A bundle pushed with its signature as a layer verifies after the pull, as the
     promotion's validation will check it; an extra unlisted file is caught there."""
@@ -516,13 +517,13 @@ def test_pulled_signed_bundle_verifies_in_staging(
     push_bundle(client(registry, actions="pull,push"), "canary", bundle, overrides)
     target = tmp_path / "models2"
     (target / "staging").mkdir(parents=True)
-    other = PullPaths(target, target / "staging", target / "current")
+    other = Layout(target, target / "staging", target / "current")
     Job(registry, other, tag="canary").run()
     with pytest.raises(BundleRejected, match=r"extra\.py"):
         signing.verify_bundle(other.staging, "manifest.json", keys)
 
 
-def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path, volume: PullPaths) -> None:
+def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path, volume: Layout) -> None:
     """The auth file is re-read: a wrong password fixed in the file (a rotated Secret)
     lets the same job pull at its next run."""
     reg = Registry(tmp_path / "registry", users={"fleet": "new-pass"}).start()
@@ -560,7 +561,7 @@ def test_reuse_ignores_paths_outside_the_current_version(tmp_path: Path) -> None
 
 
 def test_pull_does_not_need_the_volume_lock(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """With `.sidecar/lock` held (a promotion in progress), a pull still downloads and
     stages: it never takes the volume lock."""
@@ -573,15 +574,15 @@ def test_pull_does_not_need_the_volume_lock(
 
 
 def test_damaged_state_files_do_not_stop_the_job(
-    tmp_path: Path, registry: Registry, volume: PullPaths
+    tmp_path: Path, registry: Registry, volume: Layout
 ) -> None:
     """A garbage line in pulled.jsonl is skipped (the good ones still count) and a damaged
     pull-staged.json is set aside as `.damaged-<time>`; the job goes on."""
     pushed = push(registry, make_bundle(tmp_path / "b", {"m": b"1"}, "v1"), "stable")
     volume.state.mkdir(parents=True)
     good = json.dumps({"digest": pushed.digest, "state": "rejected", "version": None})
-    volume.remembered.write_text('{"digest": [1]}\n\x00garbage\n' + good + "\n{torn")
-    volume.staged_record.write_text('{"digest": "sha256:')
+    volume.pulled.write_text('{"digest": [1]}\n\x00garbage\n' + good + "\n{torn")
+    volume.pull_staged.write_text('{"digest": "sha256:')
     assert Job(registry, volume).run() == PullResult("known", pushed.digest)
-    assert not volume.staged_record.exists()
+    assert not volume.pull_staged.exists()
     assert list(volume.state.glob("pull-staged.json.damaged-*"))

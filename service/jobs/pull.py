@@ -36,6 +36,7 @@ from typing import Any
 from service import fsops, history, jsonfile
 from service.bundle import sha256_of
 from service.errors import LockBusy, SidecarError, StateDamaged
+from service.layout import Layout
 from service.oci.artifact import Layer
 from service.oci.client import RegistryClient, RegistryError
 from service.oci.pull import PullDir, download, layer_paths, prune, reusable_files
@@ -45,48 +46,6 @@ from service.pull_metrics import PullMetrics
 log = logging.getLogger(__name__)
 STAGED, PROMOTED, REJECTED = "staged", "promoted", "rejected"
 OUTCOMES = (PROMOTED, REJECTED)
-
-
-@dataclass(frozen=True)
-class PullPaths:
-    """Where the pull job reads and writes; the same volume as the promotion job."""
-
-    root: Path
-    staging: Path
-    current: Path
-    manifest_name: str = "manifest.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".sidecar"
-
-    @property
-    def pull(self) -> Path:
-        return self.state / "pull"
-
-    @property
-    def remembered(self) -> Path:
-        return self.state / "pulled.jsonl"
-
-    @property
-    def staged_record(self) -> Path:
-        return self.state / "pull-staged.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.state / "pull.lock"
-
-    @property
-    def history(self) -> Path:
-        return self.state / "history.jsonl"
-
-    @property
-    def ready(self) -> Path:
-        return self.staging / "READY"
-
-    @property
-    def versions(self) -> Path:
-        return self.root / "versions"
 
 
 class PullStopped(Exception):
@@ -214,7 +173,7 @@ def read_state(path: Path) -> object | None:
 # -- the volume: thin I/O ------------------------------------------------------------------
 
 
-def current_version(paths: PullPaths) -> str | None:
+def current_version(paths: Layout) -> str | None:
     try:
         target = Path(os.path.realpath(paths.current))
     except OSError:
@@ -223,7 +182,7 @@ def current_version(paths: PullPaths) -> str | None:
     return target.name if is_version else None
 
 
-def staging_free(paths: PullPaths) -> bool:
+def staging_free(paths: Layout) -> bool:
     paths.staging.mkdir(parents=True, exist_ok=True)
     return not os.path.lexists(paths.ready) and not any(os.scandir(paths.staging))
 
@@ -280,7 +239,7 @@ class PullJob:
 
     def __init__(
         self,
-        paths: PullPaths,
+        paths: Layout,
         reference: Reference,
         client: RegistryClient,
         metrics: PullMetrics,
@@ -313,7 +272,7 @@ class PullJob:
         """One check (and pull, and handoff); failures are counted and logged, never raised."""
         try:
             self.paths.state.mkdir(parents=True, exist_ok=True)
-            with fsops.volume_lock(self.paths.lock, wait=False):
+            with fsops.volume_lock(self.paths.pull_lock, wait=False):
                 return self._run()
         except LockBusy:
             return PullResult("busy")
@@ -426,7 +385,7 @@ class PullJob:
 
     def _write_record(self, digest: str, manifest_sha: str | None, status: str) -> None:
         fsops.atomic_write_json(
-            self.paths.staged_record,
+            self.paths.pull_staged,
             {
                 "digest": digest,
                 "reference": str(self.reference),
@@ -438,7 +397,7 @@ class PullJob:
 
     def _finish_handoff(self) -> None:
         """Finish a handoff a crash interrupted: files still to move, or READY missing."""
-        record = read_state(self.paths.staged_record)
+        record = read_state(self.paths.pull_staged)
         if not isinstance(record, dict) or record.get("state") != "moving":
             return
         digest = str(record.get("digest"))
@@ -450,7 +409,7 @@ class PullJob:
             write_ready(self.paths.ready)
             log.warning("finished the interrupted handoff of %s", digest)
         record["state"] = "ready"
-        fsops.atomic_write_json(self.paths.staged_record, record)
+        fsops.atomic_write_json(self.paths.pull_staged, record)
         if pull.root.exists():
             fsops.remove_entry(pull.root)
 
