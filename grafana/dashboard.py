@@ -344,12 +344,30 @@ def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def dashboard() -> dict[str, Any]:
+DATASOURCE = {
+    "name": "datasource",
+    "label": "Data source",
+    "type": "datasource",
+    "query": "prometheus",
+    "current": {},
+    "hide": 0,
+}
+
+
+def board(
+    uid: str,
+    title: str,
+    tags: list[str],
+    description: str,
+    variables: list[dict[str, Any]],
+    panels: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A dashboard with the settings both of ours share."""
     return {
-        "uid": "forecaster-sidecar",
-        "title": "forecaster-sidecar",
-        "tags": ["forecaster", "models", "sidecar"],
-        "description": "Model promotions, reloads and health of forecaster-sidecar.",
+        "uid": uid,
+        "title": title,
+        "tags": tags,
+        "description": description,
         "editable": True,
         "graphTooltip": 1,
         "schemaVersion": 39,
@@ -357,60 +375,41 @@ def dashboard() -> dict[str, Any]:
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
         "timezone": "utc",
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                },
-                variable("job", "label_values(model_sidecar_build_info, job)", "Job"),
-                variable(
-                    "instance",
-                    'label_values(model_sidecar_build_info{job=~"$job"}, instance)',
-                    "Instance",
-                ),
-                variable("pod", 'label_values(model_sidecar_build_info{job=~"$job"}, pod)', "Pod"),
-            ]
-        },
+        "templating": {"list": [DATASOURCE, *variables]},
         "annotations": {"list": []},
-        "panels": layout(PANELS),
+        "panels": panels,
     }
+
+
+def dashboard() -> dict[str, Any]:
+    return board(
+        "forecaster-sidecar",
+        "forecaster-sidecar",
+        ["forecaster", "models", "sidecar"],
+        "Model promotions, reloads and health of forecaster-sidecar.",
+        [
+            variable("job", "label_values(model_sidecar_build_info, job)", "Job"),
+            variable(
+                "instance",
+                'label_values(model_sidecar_build_info{job=~"$job"}, instance)',
+                "Instance",
+            ),
+            variable("pod", 'label_values(model_sidecar_build_info{job=~"$job"}, pod)', "Pod"),
+        ],
+        layout(PANELS),
+    )
 
 
 def fleet_dashboard() -> dict[str, Any]:
-    return {
-        "uid": "forecaster-fleet",
-        "title": "forecaster-sidecar fleet",
-        "tags": ["forecaster", "models", "sidecar", "fleet"],
-        "description": "Every sidecar following a registry tag (SOURCE): versions served, "
+    return board(
+        "forecaster-fleet",
+        "forecaster-sidecar fleet",
+        ["forecaster", "models", "sidecar", "fleet"],
+        "Every sidecar following a registry tag (SOURCE): versions served, "
         "convergence on the tag, pull failures and bytes.",
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "timezone": "utc",
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                },
-                variable("job", "label_values(model_sidecar_source_checks_total, job)", "Job"),
-            ]
-        },
-        "annotations": {"list": []},
-        "panels": fleet_layout(FLEET_PANELS),
-    }
+        [variable("job", "label_values(model_sidecar_source_checks_total, job)", "Job")],
+        fleet_layout(FLEET_PANELS),
+    )
 
 
 def fleet_layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
