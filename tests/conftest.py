@@ -18,11 +18,14 @@ from service.jobs.promote import Promoter
 from service.layout import Layout
 from service.metrics import Metrics
 from service.reload import Reloader
+from tests.registry import Registry
 from tests.support import (
     Harness,
+    Keygen,
     ReloadServer,
     SidecarProcess,
     base_env,
+    make_keypair,
 )
 
 
@@ -89,3 +92,24 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
+    """Ed25519 key pairs made by openssl, one per name, shared by the whole session."""
+    directory, made = tmp_path_factory.mktemp("keys"), {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in made:
+            made[name] = make_keypair(directory, name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1 with a throwaway storage root."""
+    reg = Registry(tmp_path / "registry").start()
+    yield reg
+    reg.stop()

@@ -6,6 +6,7 @@ them live in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -164,10 +165,7 @@ class ReloadServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd = serve_http(Handler)
 
     @property
     def url(self) -> str:
@@ -308,3 +306,49 @@ def wait_for(predicate: Callable[[], bool], deadline: float = 20.0, what: str = 
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+# -- keys, filesystems and servers that several test modules need ---------------------------
+
+Keygen = Callable[[str], tuple[Path, Path]]
+
+
+def openssl(*args: str, data: bytes | None = None) -> bytes:
+    return subprocess.run(
+        [require_tool("openssl"), *args], input=data, capture_output=True, check=True
+    ).stdout
+
+
+def make_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """An Ed25519 key pair made by openssl, as an operator makes one: (private, public)."""
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
+    openssl("genpkey", "-algorithm", "ed25519", "-out", str(private))
+    openssl("pkey", "-in", str(private), "-pubout", "-out", str(public))
+    return private, public
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of the given size mounted at mnt for the test (root only; the test is
+    skipped, saying why, where mount is refused)."""
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (port 0), serving in a daemon thread."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd

@@ -8,41 +8,20 @@ import json
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from registry import Registry
-from test_signing import Keygen, make_keypair
 
 from service import history
 from service.oci.client import RegistryClient
 from service.oci.push import retag
-from tests.support import SidecarProcess, base_env, run_cli, sha256, wait_for
+from tests.support import Keygen, SidecarProcess, base_env, run_cli, sha256, wait_for
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
 DEADLINE = 40.0  # SOURCE_POLL_SECONDS is at least 5 s, plus its jitter
-
-
-@pytest.fixture(scope="module")
-def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
-    """Ed25519 key pairs made by openssl, one per name, shared by the module's tests."""
-    directory, made = tmp_path_factory.mktemp("keys"), {}
-
-    def get(name: str) -> tuple[Path, Path]:
-        if name not in made:
-            made[name] = make_keypair(directory, name)
-        return made[name]
-
-    return get
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def publish(

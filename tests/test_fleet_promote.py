@@ -12,27 +12,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_signing import Keygen, make_keypair
 
 from service import history, journal
 from service.errors import StateDamaged
 from service.jobs.pull import remembered
-from tests.support import Harness, base_env, run_cli, write_bundle
+from tests.support import Harness, Keygen, base_env, run_cli, write_bundle
 
 DIGEST = "sha256:" + "ab" * 32
-
-
-@pytest.fixture(scope="module")
-def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
-    """Ed25519 key pairs made by openssl, one per name, shared by the module's tests."""
-    directory, made = tmp_path_factory.mktemp("keys"), {}
-
-    def get(name: str) -> tuple[Path, Path]:
-        if name not in made:
-            made[name] = make_keypair(directory, name)
-        return made[name]
-
-    return get
 
 
 def stage(models: Path, src: Path, *args: str) -> None:

@@ -11,14 +11,14 @@ import http.client
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from registry import Registry
 
-from tests.support import SidecarProcess, base_env, run_cli, sha256, wait_for
+from tests.support import SidecarProcess, base_env, run_cli, serve_http, sha256, wait_for
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
@@ -64,9 +64,7 @@ class StallingProxy:
             def log_message(self, *_args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_http(Handler)
 
     @property
     def host(self) -> str:
@@ -75,13 +73,6 @@ class StallingProxy:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def test_sigterm_during_a_stalled_download_exits_and_resumes(

@@ -8,7 +8,6 @@ import ctypes
 import errno
 import os
 import stat
-import subprocess
 import tempfile
 import threading
 import types
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import fsops
+from tests.support import mounted_tmpfs
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -263,18 +263,8 @@ def test_fsync_dir_on_a_missing_dir_names_open_and_the_dir(tmp_path: Path) -> No
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs mounted by the test (root only; skipped where mount is refused)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    out = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "tiny", "64k") as mnt:
+        yield mnt
 
 
 def test_atomic_write_on_a_full_disk_leaves_no_temp_file(tiny_fs: Path) -> None:

@@ -8,12 +8,11 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.support import (
     free_port,
     http_get,
     require_tool,
+    serve_http,
     write_bundle,
 )
 
@@ -70,8 +70,7 @@ class Webhook:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_http(Handler)
 
     def wait(
         self, name: str, since: float, deadline: float = ALERT_DEADLINE, **labels: str

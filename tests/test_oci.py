@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from service.oci.auth import AuthFileError, Credentials, credentials_for, parse_
 from service.oci.client import RegistryClient, RegistryError, sha256_digest
 from service.oci.push import PushRefused, push_bundle
 from service.oci.reference import Reference, parse_insecure, parse_reference, source_reference
-from tests.support import sha256
+from tests.support import serve_http, sha256
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -256,13 +254,6 @@ def test_hostile_titles_parse_to_safe_paths_or_are_refused(titles: list[str]) ->
 # -- the client against the real registry --------------------------------------------------
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
-
-
 def client_for(reg: Registry, actions: str = "pull,push") -> RegistryClient:
     return RegistryClient(reg.host, "m/f", insecure=frozenset({reg.host}), actions=actions)
 
@@ -362,9 +353,7 @@ class Scripted:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_http(Handler)
 
     @property
     def host(self) -> str:

@@ -5,42 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from registry import Registry
-from test_signing import Keygen, make_keypair
 
 from service import signing
 from service.oci.artifact import parse_manifest as parse_oci
 from service.oci.client import RegistryClient
-from tests.support import base_env, run_cli, sha256
+from tests.support import Keygen, base_env, run_cli, sha256
 
 pytestmark = pytest.mark.registry
 REPO = "models/forecaster"
-
-
-@pytest.fixture(scope="module")
-def keygen(tmp_path_factory: pytest.TempPathFactory) -> Keygen:
-    """Ed25519 key pairs made by openssl, one per name, shared by the module's tests."""
-    directory, made = tmp_path_factory.mktemp("keys"), {}
-
-    def get(name: str) -> tuple[Path, Path]:
-        if name not in made:
-            made[name] = make_keypair(directory, name)
-        return made[name]
-
-    return get
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def bundle(path: Path, files: dict[str, bytes], version: str = "v1", manifest: bool = True) -> Path:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,39 +15,7 @@ from hypothesis import strategies as st
 
 from service import signing
 from service.errors import BundleRejected, TransientError
-from tests.support import ROOT, require_tool, sha256
-
-Keygen = Callable[[str], tuple[Path, Path]]
-
-
-def openssl(*args: str, data: bytes | None = None) -> bytes:
-    return subprocess.run(
-        [require_tool("openssl"), *args], input=data, capture_output=True, check=True
-    ).stdout
-
-
-def make_keypair(directory: Path, name: str) -> tuple[Path, Path]:
-    private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
-    openssl("genpkey", "-algorithm", "ed25519", "-out", str(private))
-    openssl("pkey", "-in", str(private), "-pubout", "-out", str(public))
-    return private, public
-
-
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keys")
-
-
-@pytest.fixture(scope="module")
-def keygen(keydir: Path) -> Keygen:
-    made: dict[str, tuple[Path, Path]] = {}
-
-    def get(name: str) -> tuple[Path, Path]:
-        if name not in made:
-            made[name] = make_keypair(keydir, name)
-        return made[name]
-
-    return get
+from tests.support import ROOT, Keygen, openssl, sha256
 
 
 def write_bundle(

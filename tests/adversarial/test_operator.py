@@ -20,7 +20,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from verify import check_current
 
-from tests.support import SidecarProcess, require_tool, wait_for
+from tests.support import SidecarProcess, mounted_tmpfs, require_tool, wait_for
 
 from .support import ROOT, Volume, count_case, digest, hostile, make_volume, scratch, write_files
 
@@ -206,18 +206,8 @@ def test_bad_placements_exit_2_naming_both_paths_and_touch_nothing(command: str)
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted by the test: another filesystem for STAGING_DIR (root only)."""
-    mnt = tmp_path / "other-fs"
-    mnt.mkdir()
-    out = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "other-fs", "16m") as mnt:
+        yield mnt
 
 
 @pytest.mark.parametrize("where", ["outside the root", "another filesystem"])

@@ -13,13 +13,21 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import SidecarProcess, base_env, free_port, http_get, run_cli, write_bundle
+from tests.support import (
+    SidecarProcess,
+    base_env,
+    free_port,
+    http_get,
+    run_cli,
+    serve_http,
+    write_bundle,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,9 +63,7 @@ class RecordingServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_http(Handler)
 
     @property
     def url(self) -> str:

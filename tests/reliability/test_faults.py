@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from verify import check_current, check_no_leftovers
 
-from tests.support import ReloadServer, base_env, run_cli, tree_digest, wait_for, write_bundle
+from tests.support import (
+    ReloadServer,
+    base_env,
+    mounted_tmpfs,
+    run_cli,
+    tree_digest,
+    wait_for,
+    write_bundle,
+)
 from tests.support import SidecarProcess as _Daemon
 
 Start = Callable[..., _Daemon]
@@ -24,18 +32,8 @@ Start = Callable[..., _Daemon]
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted by the test (root only; skipped where mount is refused)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    out = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "4m") as mnt:
+        yield mnt
 
 
 def test_enospc_keeps_the_bundle_staged_until_space_returns(
