@@ -268,8 +268,8 @@ def read_signed_manifest(
     step = progress.step if progress is not None else _nothing
     with path.open("rb") as fh:
         if os.fstat(fh.fileno()).st_size > DEFAULT_LIMITS.max_bytes:
-            raise BundleRejected(
-                "signature_invalid", f"{name} is larger than the signed manifest cap"
+            raise BundleRejected(  # the cap is decided before the bytes cost anything
+                "manifest_invalid", f"{name} is larger than {DEFAULT_LIMITS.max_bytes} bytes"
             )
         tee = _Tee(fh, verifier)
         try:

@@ -73,9 +73,10 @@ def settle(src: Path, manifest_name: str, sign: Path | None) -> dict[str, bytes]
     overrides = {manifest_name: data}
     signature = settle_signature(src, manifest_name, raw, data, sign)
     if signature is not None:
-        from service.signing import check_coverage, listed_files
+        from service.bundle import parse_manifest
+        from service.signing import check_coverage
 
-        check_coverage(src, manifest_name, listed_files(data))
+        check_coverage(src, manifest_name, parse_manifest(data).files)
         overrides[signature_name(manifest_name)] = signature
     return overrides
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 import stat
@@ -32,7 +31,6 @@ SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
-MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_SIGNATURE_FILE_BYTES = 4096
 MAX_KEY_FILE_BYTES = 1024 * 1024
 SIG_SUFFIX = ".sig"
@@ -192,18 +190,6 @@ def _sha512_parts(*parts: bytes) -> bytes:
     return hasher.digest()
 
 
-def listed_files(manifest: bytes) -> list[str]:
-    """The paths of the manifest's ``files`` (manifest_invalid if unusable)."""
-    try:
-        value = json.loads(manifest)
-    except (ValueError, RecursionError) as exc:
-        raise BundleRejected("manifest_invalid", f"manifest is not valid JSON: {exc}") from None
-    files = value.get("files", {}) if isinstance(value, dict) else None
-    if not isinstance(files, dict):
-        raise BundleRejected("manifest_invalid", "manifest is not an object with a files map")
-    return list(files)
-
-
 # -- doing: thin I/O -----------------------------------------------------------------------
 
 
@@ -259,20 +245,6 @@ def _read_signature(root: Path, name: str) -> bytes:
         raise BundleRejected("signature_invalid", detail) from None
 
 
-def _read_manifest(root: Path, name: str) -> bytes:
-    path = root / name
-    if not os.path.lexists(path):
-        raise BundleRejected("manifest_missing", f"{name} is missing (the signature covers it)")
-    try:
-        return _read_bounded(path, MAX_MANIFEST_BYTES)
-    except OverflowError:
-        raise BundleRejected(
-            "manifest_invalid", f"manifest is larger than {MAX_MANIFEST_BYTES} B"
-        ) from None
-    except OSError:
-        raise BundleRejected("manifest_invalid", f"{name} is not a regular file") from None
-
-
 def regular_files(root: Path) -> Iterator[str]:
     """Relative POSIX paths of every regular file under root (symlinks not followed)."""
     stack = [os.fspath(root)]
@@ -296,36 +268,6 @@ def check_coverage(root: Path, manifest_name: str, listed: Iterable[str]) -> Non
             raise BundleRejected(
                 "signature_invalid", f"{rel!r} is not listed in the signed manifest's files"
             )
-
-
-def verify_signature(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
-    """The manifest bytes, read once, after its signature verified under one of keys.
-
-    Raises BundleRejected: ``signature_missing`` (no ``<manifest>.sig``),
-    ``signature_invalid`` (not a regular file, bad base64 or length, no key verifies),
-    ``manifest_missing``/``manifest_invalid`` when there is no manifest to verify or it
-    is over 32 MiB. Nothing but these two files is read.
-    """
-    signature = decode_signature(_read_signature(root, manifest_name + SIG_SUFFIX))
-    data = _read_manifest(root, manifest_name)
-    if not verifies(data, signature, keys.keys):
-        raise BundleRejected(
-            "signature_invalid", f"no key of {keys.path} verifies the signature of {manifest_name}"
-        )
-    return data
-
-
-def verify_bundle(root: Path, manifest_name: str, keys: TrustedKeys) -> bytes:
-    """verify_signature, then check_coverage with the manifest's ``files`` parsed here;
-    the manifest bytes for reuse.
-
-    This parses the manifest with json (memory about ten times its size): for a large
-    manifest, call verify_signature, parse the bytes with the bounded manifest reader,
-    and call check_coverage with its file names.
-    """
-    data = verify_signature(root, manifest_name, keys)
-    check_coverage(root, manifest_name, listed_files(data))
-    return data
 
 
 def load_private_seed(path: Path) -> bytes:

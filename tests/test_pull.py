@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from registry import Registry
 
 from service import history
+from service.bundle import parse_manifest, read_signed_manifest
 from service.errors import BundleRejected
 from service.jobs import pull as pulljob
 from service.jobs.pull import PullJob, PullResult, record_outcome, staged_digest
@@ -505,15 +506,18 @@ def test_pulled_signed_bundle_verifies_in_staging(
     push_bundle(client(registry, actions="pull,push"), "stable", bundle, overrides)
     Job(registry, volume).run()
     keys = signing.load_trusted_keys(pub)
-    assert signing.verify_bundle(volume.staging, "manifest.json", keys) == manifest
+    signed = read_signed_manifest(volume.staging, "manifest.json", keys)
+    signing.check_coverage(volume.staging, "manifest.json", signed.files)
+    assert signed == parse_manifest(manifest)
     (bundle / "extra.py").write_bytes(b"not signed")
     push_bundle(client(registry, actions="pull,push"), "canary", bundle, overrides)
     target = tmp_path / "models2"
     (target / "staging").mkdir(parents=True)
     other = Layout(target, target / "staging", target / "current")
     Job(registry, other, tag="canary").run()
+    signed = read_signed_manifest(other.staging, "manifest.json", keys)
     with pytest.raises(BundleRejected, match=r"extra\.py"):
-        signing.verify_bundle(other.staging, "manifest.json", keys)
+        signing.check_coverage(other.staging, "manifest.json", signed.files)
 
 
 def test_rotated_auth_file_takes_effect_without_restart(tmp_path: Path, volume: Layout) -> None:

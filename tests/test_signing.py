@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import signing
+from service.bundle import Manifest, parse_manifest, read_signed_manifest
 from service.errors import BundleRejected, TransientError
+from service.manifest_reader import DEFAULT_LIMITS
 from tests.support import ROOT, Keygen, openssl, sha256
 
 
@@ -43,9 +45,17 @@ def sign_bundle(root: Path, private: Path) -> None:
     (root / "manifest.json.sig").write_bytes(signing.sign_manifest(data, private))
 
 
+def verify_bundle(root: Path, keys: signing.TrustedKeys) -> Manifest:
+    """What the promotion does with a signed bundle: the manifest read once (signature
+    and parse), then every file checked to be listed."""
+    manifest = read_signed_manifest(root, "manifest.json", keys)
+    signing.check_coverage(root, "manifest.json", manifest.files)
+    return manifest
+
+
 def reason_of(root: Path, keys: signing.TrustedKeys) -> str:
     with pytest.raises(BundleRejected) as info:
-        signing.verify_bundle(root, "manifest.json", keys)
+        verify_bundle(root, keys)
     return info.value.reason
 
 
@@ -57,7 +67,7 @@ def test_signed_bundle_verifies_and_returns_the_manifest_bytes(
     manifest = write_bundle(tmp_path / "b", {"model.onnx": b"weights", "sub/x.txt": b"x"})
     sign_bundle(tmp_path / "b", private)
     keys = signing.load_trusted_keys(public)
-    assert signing.verify_bundle(tmp_path / "b", "manifest.json", keys) == manifest
+    assert verify_bundle(tmp_path / "b", keys) == parse_manifest(manifest)
 
 
 def test_openssl_signature_verifies(tmp_path: Path, keygen: Keygen) -> None:
@@ -76,7 +86,7 @@ def test_openssl_signature_verifies(tmp_path: Path, keygen: Keygen) -> None:
     text = base64.encodebytes(raw)  # 76-column lines
     (tmp_path / "b" / "manifest.json.sig").write_bytes(b"  " + text.replace(b"\n", b"\r\n"))
     keys = signing.load_trusted_keys(public)
-    assert signing.verify_bundle(tmp_path / "b", "manifest.json", keys) == manifest
+    assert verify_bundle(tmp_path / "b", keys) == parse_manifest(manifest)
 
 
 def test_our_signature_verifies_with_openssl(tmp_path: Path, keygen: Keygen) -> None:
@@ -109,7 +119,7 @@ def test_any_key_of_several_verifies(tmp_path: Path, keygen: Keygen) -> None:
     sign_bundle(tmp_path / "b", priv_b)
     keys = signing.load_trusted_keys(both)
     assert len(keys.keys) == 2
-    signing.verify_bundle(tmp_path / "b", "manifest.json", keys)
+    verify_bundle(tmp_path / "b", keys)
 
 
 def test_missing_signature_is_signature_missing(tmp_path: Path, keygen: Keygen) -> None:
@@ -148,7 +158,7 @@ def test_unlisted_file_is_signature_invalid_and_named(tmp_path: Path, keygen: Ke
     write_bundle(tmp_path / "b", {"model.onnx": b"w"}, extra={"deep/er/evil.py": b"x"})
     sign_bundle(tmp_path / "b", private)
     with pytest.raises(BundleRejected) as info:
-        signing.verify_bundle(tmp_path / "b", "manifest.json", signing.load_trusted_keys(public))
+        verify_bundle(tmp_path / "b", signing.load_trusted_keys(public))
     assert info.value.reason == "signature_invalid"
     assert "deep/er/evil.py" in info.value.detail
 
@@ -178,7 +188,7 @@ def test_manifest_over_32_mib_is_refused_before_verifying(tmp_path: Path, keygen
     write_bundle(tmp_path / "b", {"f": b"1"})
     sign_bundle(tmp_path / "b", private)
     with (tmp_path / "b" / "manifest.json").open("ab") as fh:
-        fh.truncate(signing.MAX_MANIFEST_BYTES + 1)
+        fh.truncate(DEFAULT_LIMITS.max_bytes + 1)
     assert reason_of(tmp_path / "b", signing.load_trusted_keys(public)) == "manifest_invalid"
 
 
@@ -258,7 +268,7 @@ def test_any_other_signature_text_is_rejected(
     root, keys, good = signed
     (root / "manifest.json.sig").write_bytes(text)
     try:
-        signing.verify_bundle(root, "manifest.json", keys)
+        verify_bundle(root, keys)
         assert base64.b64decode(b"".join(text.split())) == base64.b64decode(good)
     except BundleRejected as exc:
         assert exc.reason == "signature_invalid"
@@ -294,7 +304,7 @@ def test_whitespace_in_signature_is_ignored(
         chars.insert((i * 7) % (len(chars) + 1), space)
     (root / "manifest.json.sig").write_text("".join(chars))
     try:
-        signing.verify_bundle(root, "manifest.json", keys)
+        verify_bundle(root, keys)
     finally:
         (root / "manifest.json.sig").write_bytes(good)
 
@@ -393,27 +403,28 @@ def test_non_canonical_s_is_refused() -> None:
     assert not signing.verifies(b"m", mangled, (bytes(key.verify_key),))
 
 
-def test_verifying_a_32_mib_manifest_holds_one_copy(tmp_path: Path, keygen: Keygen) -> None:
-    """verify_signature of a 32 MiB manifest allocates its bytes once (traced by
-    tracemalloc), not the two more copies PyNaCl's VerifyKey.verify would make."""
+def test_verifying_a_32_mib_manifest_holds_none_of_it(tmp_path: Path, keygen: Keygen) -> None:
+    """Verifying and parsing a signed 32 MiB manifest allocates less than 2 MiB (traced
+    by tracemalloc): the bytes stream through the hash and the parser, never held."""
     import tracemalloc
 
     private, public = keygen("a")
     root = tmp_path / "b"
     root.mkdir()
-    manifest = b'{"files": {}, "pad": "' + b"x" * (signing.MAX_MANIFEST_BYTES - 40) + b'"}'
+    manifest = b'{"files": {}, "pad": "' + b"x" * (DEFAULT_LIMITS.max_bytes - 40) + b'"}'
     (root / "manifest.json").write_bytes(manifest)
     sign_bundle(root, private)
     del manifest
     keys = signing.load_trusted_keys(public)
     tracemalloc.start()
     try:
-        data = signing.verify_signature(root, "manifest.json", keys)
+        parsed = read_signed_manifest(root, "manifest.json", keys)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(data) > signing.MAX_MANIFEST_BYTES - 100
-    assert peak < len(data) + 1024 * 1024, f"peak {peak} B for a {len(data)} B manifest"
+    assert parsed.files == {}
+    assert (root / "manifest.json").stat().st_size > DEFAULT_LIMITS.max_bytes - 100
+    assert peak < 2 * 1024 * 1024, f"peak {peak} B for a 32 MiB manifest"
 
 
 # -- the signed manifest read once (parse and verify in one pass) ---------------------------
