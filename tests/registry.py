@@ -115,7 +115,7 @@ class Registry:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.users = users or {}
         self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.proxy_of = proxy_of
         self._openssl = openssl
         self.ca_file: Path | None = None
@@ -218,7 +218,7 @@ class Registry:
             self.token_server.start()  # first: the config names its port
         log = self.workdir / "registry.log"
         with log.open("w") as out:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 [self.binary, "serve", str(self._config())],
                 stdout=subprocess.DEVNULL,
                 stderr=out,
@@ -226,7 +226,7 @@ class Registry:
             )
         end = time.monotonic() + START_DEADLINE
         while not (match := LISTENING.search(log.read_text(errors="replace"))):
-            assert self.proc.poll() is None, f"docker-registry exited: {log.read_text()}"
+            assert proc.poll() is None, f"docker-registry exited: {log.read_text()}"
             assert time.monotonic() < end, "docker-registry did not start"
             time.sleep(0.01)
         self.port = int(match.group(1))

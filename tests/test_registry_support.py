@@ -175,3 +175,15 @@ def test_tls_and_token_auth_serve_the_realm_over_https_too(tmp_path: Path) -> No
         assert status == 404  # past auth: the repository just does not exist
     finally:
         reg.stop()
+
+
+def test_a_restarted_token_registry_keeps_its_realm(token_registry: Registry) -> None:
+    """stop() then start() serves the same realm and registry address again."""
+    assert token_registry.token_server is not None
+    realm, host = token_registry.token_server.realm, token_registry.host
+    token_registry.stop()
+    token_registry.start()
+    assert (token_registry.token_server.realm, token_registry.host) == (realm, host)
+    auth = bearer(token_registry, "pull")
+    status, _, _ = call("GET", f"{token_registry.url}/v2/{REPO}/tags/list", auth)
+    assert status == 404  # past auth: the repository just does not exist
