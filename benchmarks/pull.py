@@ -44,18 +44,20 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from service.layout import Layout
 from service.jobs.pull import PullJob
+from service.oci.check import SourceCheck
 from service.oci.client import RegistryClient
 from service.oci.reference import parse_reference
 from service.pull_metrics import PullMetrics
 host, root, tag = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 paths = Layout(root, root / "staging", root / "current")
 client = RegistryClient(host, "models/forecaster", insecure=frozenset({host}))
-job = PullJob(paths, parse_reference(f"oci://{host}/models/forecaster:{tag}"), client,
-              PullMetrics(CollectorRegistry()))
+check = SourceCheck(host, "models/forecaster", insecure=frozenset({host}))
+job = PullJob(paths, parse_reference(f"oci://{host}/models/forecaster:{tag}"), check,
+              lambda: client, PullMetrics(CollectorRegistry()))
 start = time.monotonic()
 result = job.run()
 print(json.dumps({"seconds": time.monotonic() - start, "outcome": result.outcome,
-                  "bytes": client.stats.bytes_received, "requests": client.stats.requests,
+                  "bytes": client.stats.bytes_received, "requests": client.stats.requests + check.stats.requests,
                   "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

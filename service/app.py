@@ -24,6 +24,7 @@ from service.startline import start_message
 
 if TYPE_CHECKING:
     from service.jobs.pull import PullJob
+    from service.oci.client import RegistryClient
     from service.scheduler import Daemon
     from service.signals import EarlyStop
 
@@ -72,22 +73,37 @@ def check_trusted_keys(config: Config) -> None:
 
 
 def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | None:
-    """The pull job of SOURCE (SPEC 12), None when SOURCE is not set."""
+    """The pull job of SOURCE (SPEC 12), None when SOURCE is not set.
+
+    The check is on the standard library; the requests-based client that downloads is
+    made the first time a digest changes.
+    """
     if config.source is None:
         return None
     from service.jobs.pull import PullJob
-    from service.oci.client import RegistryClient
+    from service.oci.check import SourceCheck
+    from service.oci.protocol import load_ca_file
     from service.oci.reference import source_reference
     from service.pull_metrics import PullMetrics
 
     ref = source_reference(config.source)
-    client = RegistryClient(
-        ref.registry,
-        ref.repository,
-        insecure=frozenset(config.source_insecure),
-        auth_file=config.registry_auth_file or default_auth_file(),
+    if config.registry_ca_file is not None:
+        load_ca_file(config.registry_ca_file)  # exit 2 at start, not a failing check later
+    insecure = frozenset(config.source_insecure)
+    auth_file = config.registry_auth_file or default_auth_file()
+    ca_file = config.registry_ca_file
+    check = SourceCheck(
+        ref.registry, ref.repository, insecure=insecure, auth_file=auth_file, ca_file=ca_file
     )
-    return PullJob(Layout.from_config(config), ref, client, PullMetrics(registry))
+
+    def open_client() -> RegistryClient:
+        from service.oci.client import RegistryClient
+
+        return RegistryClient(
+            ref.registry, ref.repository, insecure=insecure, auth_file=auth_file, ca_file=ca_file
+        )
+
+    return PullJob(Layout.from_config(config), ref, check, open_client, PullMetrics(registry))
 
 
 def default_auth_file() -> Path:

@@ -65,9 +65,13 @@ DESCRIPTIONS: dict[str, str] = {
     "source_poll_seconds": "seconds between checks of SOURCE, [5, 86400]",
     "source_insecure": "registries (host:port, comma-separated) reached over plain HTTP",
     "registry_auth_file": "Docker/OCI auth file with the registry's credentials",
+    "registry_ca_file": "PEM CA certificates trusted for HTTPS registries (a private CA)",
 }
 # Defaults resolved after the configuration is loaded, as the user should read them.
-RESOLVED_DEFAULTS: dict[str, str] = {"registry_auth_file": "~/.docker/config.json"}
+RESOLVED_DEFAULTS: dict[str, str] = {
+    "registry_auth_file": "~/.docker/config.json",
+    "registry_ca_file": "the CA bundle of certifi",
+}
 
 VOLUME = ("models_root", "staging_dir", "current_link")
 LOGGING = ("log_level", "log_format")
@@ -189,7 +193,8 @@ SIGN_HELP = (
     "-algorithm ed25519); writes <manifest>.sig"
 )
 PUSH_EPILOG = f"""Credentials come from REGISTRY_AUTH_FILE (default ~/.docker/config.json),
-never from a flag; a registry named in SOURCE_INSECURE is reached over plain HTTP.
+never from a flag; a registry named in SOURCE_INSECURE is reached over plain HTTP, every
+other over HTTPS verified with REGISTRY_CA_FILE (default: the CA bundle of certifi).
 
 {EXIT_CODES}"""
 
@@ -382,7 +387,12 @@ def _cmd_push(config: Config, args: argparse.Namespace) -> int:
     overrides = settle(src, config.manifest_name, sign)
     auth = config.registry_auth_file or Path.home() / ".docker" / "config.json"
     result = push(
-        src, target, overrides, insecure=frozenset(config.source_insecure), auth_file=auth
+        src,
+        target,
+        overrides,
+        insecure=frozenset(config.source_insecure),
+        auth_file=auth,
+        ca_file=config.registry_ca_file,
     )
     where = printable(f"{target.registry}/{target.repository}:{target.tag}")
     print(

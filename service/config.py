@@ -56,6 +56,7 @@ class Config:
     source_poll_seconds: float = 60.0
     source_insecure: tuple[str, ...] = ()
     registry_auth_file: Path | None = None  # None: ~/.docker/config.json
+    registry_ca_file: Path | None = None  # None: the CA bundle requests ships (certifi)
 
     def redacted(self) -> dict[str, object]:
         """The effective configuration for the start-up log, secrets replaced."""
@@ -244,6 +245,7 @@ SETTINGS: dict[str, tuple[str | None, str | None, Parser]] = {
     "source_poll_seconds": ("SOURCE_POLL_SECONDS", None, lambda n, r: parse_number(n, r, 5, 86400)),
     "source_insecure": ("SOURCE_INSECURE", None, parse_hosts),
     "registry_auth_file": ("REGISTRY_AUTH_FILE", None, parse_path),
+    "registry_ca_file": ("REGISTRY_CA_FILE", None, parse_path),
 }
 # Optional strings where an empty environment value means "unset" (as Kubernetes renders
 # an optional ConfigMap key); RELOAD_URL="" means "reloading disabled" (SPEC section 6).
@@ -255,6 +257,7 @@ _EMPTY_MEANS_UNSET = {
     "SOURCE",
     "SOURCE_INSECURE",
     "REGISTRY_AUTH_FILE",
+    "REGISTRY_CA_FILE",
 }
 
 

@@ -98,16 +98,21 @@ def push(
     *,
     insecure: frozenset[str],
     auth_file: Path,
+    ca_file: Path | None = None,
 ) -> PushResult:
     """Push the bundle with its settled manifest; RegistryError on a registry failure."""
     from service.oci.client import RegistryClient
+    from service.oci.protocol import load_ca_file
     from service.oci.push import push_bundle
 
+    if ca_file is not None:
+        load_ca_file(ca_file)  # exit 2 naming it, before anything is uploaded
     client = RegistryClient(
         target.registry,
         target.repository,
         insecure=insecure,
         auth_file=auth_file,
+        ca_file=ca_file,
         actions="pull,push",
     )
     return push_bundle(client, target.tag, src, overrides)

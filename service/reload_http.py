@@ -22,16 +22,13 @@ of an HTTP error is scrubbed of it all the same.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import http.client
 import io
 import os
 import re
-import socket
 import stat
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 from service import tokens
+from service.bounded_http import AttemptGuard, CappedHTTPResponse
 from service.config import Config
 from service.errors import ReloadFailed
 from service.reload import ReloadRequest, ReloadResult
@@ -64,98 +62,6 @@ _DROPPED_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 # -- one bounded attempt -------------------------------------------------------------------
 
 
-class ReplyTooLarge(OSError):
-    """The reply goes on past MAX_REPLY_BYTES; nothing more of it is read."""
-
-
-class AttemptGuard:
-    """One attempt's limits: a deadline, and a budget of bytes read from the socket.
-
-    When the deadline passes, the attempt's socket is shut down so that any read or
-    write in progress ends at once; ``expired`` tells the attempt why it ended.
-    """
-
-    def __init__(self, seconds: float | None) -> None:
-        self.expired = False
-        self.over = False
-        self.remaining = MAX_REPLY_BYTES
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._done = False
-        self._timer = None if seconds is None else threading.Timer(seconds, self._expire)
-        if self._timer is not None:
-            self._timer.daemon = True
-            self._timer.start()
-
-    def attach(self, sock: socket.socket) -> None:
-        """Watch ``sock`` (the connection's own, which http.client may drop early)."""
-        with self._lock:
-            self._sock = sock
-            if self.expired:
-                self._shutdown()
-
-    def _expire(self) -> None:
-        with self._lock:
-            if not self._done:
-                self.expired = True
-                self._shutdown()
-
-    def _shutdown(self) -> None:
-        # The plain socket's shutdown: SSLSocket's own would drop its TLS state under
-        # the reading thread. OSError: already closed, nothing left to stop.
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def charge(self, wanted: int) -> int:
-        """How many of ``wanted`` bytes may be read; ReplyTooLarge when none may."""
-        if self.remaining <= 0:
-            self.over = True
-            raise ReplyTooLarge(f"the reply is longer than {MAX_REPLY_BYTES} bytes")
-        return min(wanted, self.remaining)
-
-
-class _CappedReader(io.RawIOBase):
-    """The socket's reader, within the guard's byte budget."""
-
-    def __init__(self, raw: io.RawIOBase, guard: AttemptGuard) -> None:
-        super().__init__()
-        self._raw = raw
-        self._guard = guard
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        view = memoryview(buffer).cast("B")
-        count = self._raw.readinto(view[: self._guard.charge(len(view))])
-        if count:
-            self._guard.remaining -= count
-        return count
-
-    def fileno(self) -> int:
-        return self._raw.fileno()
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _CappedHTTPResponse(http.client.HTTPResponse):
-    """http.client's response, reading its socket through a :class:`_CappedReader`."""
-
-    def __init__(self, sock: socket.socket, *args: Any, guard: AttemptGuard, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        raw = self.fp.detach()
-        self.fp = io.BufferedReader(_CappedReader(raw, guard))
-
-
 class GuardedConnection(HTTPConnection):
     """A connection on which each request and its whole reply is one bounded attempt.
 
@@ -168,9 +74,9 @@ class GuardedConnection(HTTPConnection):
 
     def _arm(self) -> AttemptGuard:
         if self._guard is None:
-            self._guard = AttemptGuard(self.timeout)
+            self._guard = AttemptGuard(self.timeout, MAX_REPLY_BYTES)
             self.response_class = functools.partial(  # type: ignore[assignment]
-                _CappedHTTPResponse, guard=self._guard
+                CappedHTTPResponse, guard=self._guard
             )
             if self.sock is not None:
                 self._guard.attach(self.sock)

@@ -18,7 +18,9 @@ from service.errors import ConfigError
 from service.oci import artifact
 from service.oci.artifact import Layer, build_manifest, parse_manifest
 from service.oci.auth import AuthFileError, Credentials, credentials_for, parse_auth_file
-from service.oci.client import RegistryClient, RegistryError, sha256_digest
+from service.oci.check import SourceCheck
+from service.oci.client import RegistryClient
+from service.oci.protocol import RegistryError, sha256_digest
 from service.oci.push import PushRefused, push_bundle
 from service.oci.reference import Reference, parse_insecure, parse_reference, source_reference
 from tests.support import serve_http, sha256
@@ -364,12 +366,18 @@ class Scripted:
         self.httpd.server_close()
 
 
-def test_redirect_to_another_host_is_refused() -> None:
+# The check (http.client) and the client (requests) follow the same rules: each test
+# runs against both.
+HEADS = pytest.mark.parametrize("kind", [SourceCheck, RegistryClient], ids=["check", "client"])
+
+
+@HEADS
+def test_redirect_to_another_host_is_refused(kind: type[Any]) -> None:
     """A redirect to any other host:port is not followed; that server gets no request."""
     other = Scripted(lambda *_: (200, {}, b""))
     registry = Scripted(lambda *_: (307, {"Location": f"http://{other.host}/x"}, b""))
     try:
-        client = RegistryClient(registry.host, "m/f", insecure=frozenset({registry.host}))
+        client = kind(registry.host, "m/f", insecure=frozenset({registry.host}))
         with pytest.raises(RegistryError, match="refused"):
             client.head_manifest("t")
         assert other.requests == []
@@ -378,31 +386,36 @@ def test_redirect_to_another_host_is_refused() -> None:
         registry.close()
 
 
-def test_bearer_challenge_gets_a_token_with_basic_credentials(tmp_path: Path) -> None:
-    """401 Bearer realm on the same registry: the token is fetched with the auth file's
-    credentials and the request repeated with it."""
-    token_auth = "Basic " + b64("fleet:pw")
-    holder: dict[str, str] = {}
+def token_realm(auth: str, realm: dict[str, str]) -> Any:
+    """A registry answering 401 Bearer with ``realm["url"]`` until given ``tok-1``; as the
+    realm, it gives ``tok-1`` for the right Basic credentials."""
 
     def answer(
         method: str, path: str, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
         if path.startswith("/token"):
-            ok = headers.get("Authorization") == token_auth and "scope=repository" in path
+            ok = headers.get("Authorization") == auth and "scope=repository" in path
             return (200, {}, b'{"token": "tok-1"}') if ok else (401, {}, b"")
         if headers.get("Authorization") == "Bearer tok-1":
             return 200, {"Docker-Content-Digest": DIGEST}, b""
-        realm = f'Bearer realm="http://{holder["host"]}/token",service="reg"'
-        return 401, {"WWW-Authenticate": realm}, b""
+        return 401, {"WWW-Authenticate": f'Bearer realm="{realm["url"]}",service="reg"'}, b""
 
-    server = Scripted(answer)
-    holder["host"] = server.host
+    return answer
+
+
+@HEADS
+def test_bearer_challenge_gets_a_token_with_basic_credentials(
+    tmp_path: Path, kind: type[Any]
+) -> None:
+    """401 Bearer realm on the same registry: the token is fetched with the auth file's
+    credentials and the request repeated with it."""
+    realm: dict[str, str] = {}
+    server = Scripted(token_realm("Basic " + b64("fleet:pw"), realm))
+    realm["url"] = f"http://{server.host}/token"
     try:
         auth = tmp_path / "config.json"
         auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
-        client = RegistryClient(
-            server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth
-        )
+        client = kind(server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth)
         assert client.head_manifest("t").digest == DIGEST
         assert client.head_manifest("t").digest == DIGEST  # the token is kept
         assert [r[1].split("?")[0] for r in server.requests] == [
@@ -415,24 +428,78 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials(tmp_path: Path) ->
         server.close()
 
 
-def test_token_realm_on_another_host_is_refused(tmp_path: Path) -> None:
-    """A Bearer realm elsewhere: auth failure, the credentials go nowhere."""
-    server = Scripted(
-        lambda *_: (
-            401,
-            {"WWW-Authenticate": 'Bearer realm="https://auth.example.invalid/token"'},
-            b"",
-        )
-    )
+@HEADS
+def test_token_realm_on_another_host_named_insecure_is_used(
+    tmp_path: Path, kind: type[Any]
+) -> None:
+    """A realm on another host (as auth.docker.io is Docker Hub's) gets the registry's
+    credentials, over plain HTTP only because SOURCE_INSECURE names it."""
+    realm: dict[str, str] = {}
+    answer = token_realm("Basic " + b64("fleet:pw"), realm)
+    tokens = Scripted(answer)
+    server = Scripted(answer)
+    realm["url"] = f"http://{tokens.host}/token"
     try:
         auth = tmp_path / "config.json"
         auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
-        client = RegistryClient(
-            server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth
-        )
+        insecure = frozenset({server.host, tokens.host})
+        client = kind(server.host, "m/f", insecure=insecure, auth_file=auth)
+        assert client.head_manifest("t").digest == DIGEST
+        assert [r[1].split("?")[0] for r in tokens.requests] == ["/token"]
+    finally:
+        tokens.close()
+        server.close()
+
+
+@HEADS
+def test_plain_http_token_realm_elsewhere_is_refused(tmp_path: Path, kind: type[Any]) -> None:
+    """A realm on another host over plain HTTP that SOURCE_INSECURE does not name: auth
+    failure, and the credentials go nowhere."""
+    realm: dict[str, str] = {}
+    answer = token_realm("Basic " + b64("fleet:pw"), realm)
+    tokens = Scripted(answer)
+    server = Scripted(answer)
+    realm["url"] = f"http://{tokens.host}/token"
+    try:
+        auth = tmp_path / "config.json"
+        auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
+        client = kind(server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth)
+        with pytest.raises(RegistryError, match="SOURCE_INSECURE") as info:
+            client.head_manifest("t")
+        assert info.value.reason == "auth"
+        assert tokens.requests == []
+    finally:
+        tokens.close()
+        server.close()
+
+
+@HEADS
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{}", b'{"token": ""}', b'{"token": 7}', b'{"token": "a\r\nX-Evil: 1"}', b"[1]"],
+)
+def test_token_answer_without_a_usable_token_is_an_auth_failure(
+    tmp_path: Path, kind: type[Any], body: bytes
+) -> None:
+    """A realm answering 200 with no usable token (none, empty, not a string, a header
+    injection): reason auth, the request is not repeated."""
+    realm: dict[str, str] = {}
+
+    def answer(
+        method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        if path.startswith("/token"):
+            return 200, {}, body
+        return 401, {"WWW-Authenticate": f'Bearer realm="{realm["url"]}"'}, b""
+
+    server = Scripted(answer)
+    realm["url"] = f"http://{server.host}/token"
+    try:
+        client = kind(server.host, "m/f", insecure=frozenset({server.host}))
         with pytest.raises(RegistryError) as info:
             client.head_manifest("t")
         assert info.value.reason == "auth"
+        assert [r[1].split("?")[0] for r in server.requests] == ["/v2/m/f/manifests/t", "/token"]
     finally:
         server.close()
 
@@ -440,7 +507,7 @@ def test_token_realm_on_another_host_is_refused(tmp_path: Path) -> None:
 def test_longer_blob_than_its_descriptor_is_refused(tmp_path: Path) -> None:
     """A blob that streams more bytes than its descriptor's size: digest_mismatch, the
     partial file removed."""
-    from service.oci.client import Descriptor
+    from service.oci.protocol import Descriptor
 
     server = Scripted(lambda *_: (200, {}, b"x" * 5000))
     try:
@@ -459,7 +526,7 @@ def test_registry_ignoring_range_restarts_the_blob(tmp_path: Path) -> None:
     data = os.urandom(3000)
     server = Scripted(lambda *_: (200, {}, data))
     try:
-        from service.oci.client import Descriptor
+        from service.oci.protocol import Descriptor
 
         client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}))
         part = tmp_path / "blob.part"

@@ -18,6 +18,7 @@ from service.errors import BundleRejected
 from service.jobs import pull as pulljob
 from service.jobs.pull import PullJob, PullResult, record_outcome, staged_digest
 from service.layout import Layout
+from service.oci.check import SourceCheck
 from service.oci.client import RegistryClient
 from service.oci.push import push_bundle
 from service.oci.reference import parse_reference
@@ -76,9 +77,17 @@ class Job:
     ) -> None:
         self.metrics_registry = CollectorRegistry()
         self.client = client(reg, auth_file)
+        self.check = SourceCheck(
+            reg.host, REPO, insecure=frozenset({reg.host}), auth_file=auth_file
+        )
         reference = parse_reference(f"oci://{reg.host}/{REPO}:{tag}")
         self.job = PullJob(
-            volume, reference, self.client, PullMetrics(self.metrics_registry), on_chunk=on_chunk
+            volume,
+            reference,
+            self.check,
+            lambda: self.client,
+            PullMetrics(self.metrics_registry),
+            on_chunk=on_chunk,
         )
 
     def run(self) -> PullResult:
@@ -303,7 +312,8 @@ def test_remembered_digest_is_not_pulled_after_restart(
     record_outcome(volume.state, pushed.digest, "rejected", None)
     again = Job(registry, volume)
     assert again.run() == PullResult("known", pushed.digest)
-    assert again.client.stats.paths == [f"HEAD /v2/{REPO}/manifests/stable"]
+    assert again.check.stats.paths == [f"HEAD /v2/{REPO}/manifests/stable"]
+    assert again.job._client is None, "a known digest made the downloading client"
     assert os.listdir(volume.staging) == []
     assert again.value("model_sidecar_pulls_total", outcome="success") == 0
 

@@ -31,17 +31,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import fsops, history, jsonfile
 from service.bundle import sha256_of
 from service.errors import LockBusy, SidecarError, StateDamaged
 from service.layout import Layout
 from service.oci.artifact import Layer
-from service.oci.client import RegistryClient, RegistryError
+from service.oci.check import SourceCheck
+from service.oci.protocol import RegistryError
 from service.oci.pull import PullDir, download, layer_paths, prune, reusable_files
 from service.oci.reference import DIGEST_RE, Reference
 from service.pull_metrics import PullMetrics
+
+if TYPE_CHECKING:
+    from service.oci.client import RegistryClient
 
 log = logging.getLogger(__name__)
 STAGED, PROMOTED, REJECTED = "staged", "promoted", "rejected"
@@ -235,13 +239,18 @@ def staging_holds(staging: Path, layers: list[Layer]) -> bool:
 
 
 class PullJob:
-    """One run per SOURCE_POLL_SECONDS; everything it touches is injected."""
+    """One run per SOURCE_POLL_SECONDS; everything it touches is injected.
+
+    ``check`` makes the HEAD of every run; ``open_client`` makes the downloading client
+    the first time a digest must be downloaded (requests stays out of an idle sidecar).
+    """
 
     def __init__(
         self,
         paths: Layout,
         reference: Reference,
-        client: RegistryClient,
+        check: SourceCheck,
+        open_client: Callable[[], RegistryClient],
         metrics: PullMetrics,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -249,13 +258,21 @@ class PullJob:
     ) -> None:
         self.paths = paths
         self.reference = reference
-        self.client = client
+        self.check = check
+        self.open_client = open_client
+        self._client: RegistryClient | None = None
         self.metrics = metrics
         self.clock = clock
         self.monotonic = monotonic
         self.on_chunk = on_chunk
         self._last_failure: tuple[str, str] | None = None
         self._stopping = threading.Event()
+
+    @property
+    def client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = self.open_client()
+        return self._client
 
     def stop(self) -> None:
         """Abandon a download in progress at its next chunk (SIGTERM: exit within 5 s).
@@ -283,7 +300,7 @@ class PullJob:
         self._finish_handoff()
         self.metrics.source_checks.inc()
         try:
-            digest = self.client.head_manifest(self.reference.target).digest
+            digest = self.check.head_manifest(self.reference.target).digest
         except SidecarError as exc:
             return self._failed(None, _reason(exc), exc.detail)
         self.metrics.set_digest(digest)

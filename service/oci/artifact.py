@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from service.oci.client import OCI_MANIFEST, Descriptor, RegistryError, sha256_digest
+from service.oci.protocol import OCI_MANIFEST, Descriptor, RegistryError, sha256_digest
 from service.oci.reference import DIGEST_RE
 
 ARTIFACT_TYPE = "application/vnd.forecaster.bundle.v1"

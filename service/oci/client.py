@@ -8,14 +8,12 @@ come from the auth file and go only into the ``Authorization`` header.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -24,65 +22,49 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from service.errors import PULL_FAILURE_REASONS, SidecarError
-from service.oci.auth import Credentials, credentials_for
-from service.oci.reference import DIGEST_RE, base_url
+from service.oci.auth import credentials_for
+from service.oci.protocol import (
+    MAX_REDIRECTS,
+    MAX_TOKEN_BYTES,
+    OCI_MANIFEST,
+    REDIRECTS,
+    TIMEOUT,
+    TLS_FAILED,
+    Descriptor,
+    RegistryError,
+    Stats,
+    basic_authorization,
+    descriptor_from_head,
+    parse_challenge,
+    required_credentials,
+    same_origin,
+    sha256_digest,
+    status_reason,
+    token_from_answer,
+    token_url,
+    unsupported_challenge,
+)
+from service.oci.reference import base_url
 
 log = logging.getLogger(__name__)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit registries commonly enforce
-MAX_TOKEN_BYTES = 64 * 1024
 CHUNK = 1024 * 1024
-TIMEOUT = (5.0, 30.0)  # connect, and between two reads of a body
 # A body that trickles (a byte every 29 s never trips the read timeout) must not hold the
 # job forever: a blob gets BLOB_FLOOR_SECONDS plus its size at MIN_BYTES_PER_SECOND.
 BLOB_FLOOR_SECONDS = 60.0
 MIN_BYTES_PER_SECOND = 256 * 1024
-MAX_REDIRECTS = 3
-AUTH_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
-class RegistryError(SidecarError):
-    """A check, pull or push failed; ``reason`` is a pull failure reason (SPEC 12)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in PULL_FAILURE_REASONS, reason
-        super().__init__(detail, reason)
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def hex(self) -> str:
-        return self.digest.split(":", 1)[1]
-
-
-@dataclass
-class Stats:
-    """What this client sent and received: the tests and the benchmark count with it."""
-
-    requests: int = 0
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    range_requests: int = 0
-    paths: list[str] = field(default_factory=list)
-
-
-def make_session(pool: int = 4, ca_bundle: str | None = None) -> requests.Session:
+def make_session(pool: int = 4, ca_file: Path | None = None) -> requests.Session:
     """A session that retries connecting (never a request that reached the server).
 
-    TLS is verified with ca_bundle when given (a private registry's CA), else with the
-    CA bundle requests ships (certifi).
+    TLS is verified with ca_file when given (REGISTRY_CA_FILE, a private registry's CA),
+    else with the CA bundle requests ships (certifi).
     """
     session = requests.Session()
-    if ca_bundle is not None:
-        session.verify = ca_bundle
+    if ca_file is not None:
+        session.verify = str(ca_file)
     retry = Retry(
         total=2,
         connect=2,
@@ -100,24 +82,6 @@ def make_session(pool: int = 4, ca_bundle: str | None = None) -> requests.Sessio
     return session
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """``Bearer realm="…",service="…"`` -> ("bearer", {realm, service, …})."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(AUTH_PARAM_RE.findall(rest))
-
-
-def status_reason(status: int) -> str:
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    return "connection"
-
-
 class RegistryClient:
     """One registry, one repository; ``actions`` is the token scope (``pull`` or
     ``pull,push``)."""
@@ -129,6 +93,7 @@ class RegistryClient:
         *,
         insecure: frozenset[str] = frozenset(),
         auth_file: Path | None = None,
+        ca_file: Path | None = None,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = TIMEOUT,
         actions: str = "pull",
@@ -136,9 +101,10 @@ class RegistryClient:
     ) -> None:
         self.registry = registry
         self.repository = repository
+        self.insecure = insecure
         self.base = base_url(registry, insecure)
         self.auth_file = auth_file
-        self.session = session or make_session()
+        self.session = session or make_session(ca_file=ca_file)
         self.timeout = timeout
         self.clock = clock
         self.actions = actions
@@ -150,14 +116,10 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return f"{self.base}/v2/{self.repository}/{path}"
 
-    def _same_registry(self, url: str) -> bool:
-        ours, theirs = urlsplit(self.base), urlsplit(url)
-        return (ours.scheme, ours.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
-
     def _send(
         self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any
     ) -> requests.Response:
-        if not self._same_registry(url):
+        if not same_origin(self.base, url):
             raise RegistryError(
                 "connection",
                 f"{method} to {urlsplit(url).netloc} refused: only {self.registry} is contacted",
@@ -171,6 +133,8 @@ class RegistryClient:
             return self.session.request(
                 method, url, headers=sent, timeout=self.timeout, allow_redirects=False, **kwargs
             )
+        except requests.exceptions.SSLError:
+            raise RegistryError("connection", f"{method} {self.registry}: {TLS_FAILED}") from None
         except requests.RequestException as exc:
             raise RegistryError(
                 "connection", f"{method} {self.registry}: {type(exc).__name__}"
@@ -196,7 +160,7 @@ class RegistryClient:
                 challenged = True
                 self._answer_challenge(response.headers.get("WWW-Authenticate", ""))
                 continue
-            if response.status_code in (301, 302, 303, 307, 308):
+            if response.status_code in REDIRECTS:
                 response.close()
                 url = urljoin(url, response.headers.get("Location", ""))
                 if response.status_code == 303:
@@ -205,61 +169,39 @@ class RegistryClient:
             return response
         raise RegistryError("connection", f"{method} {self.registry}: too many redirects")
 
-    def _credentials(self) -> Credentials:
-        credentials = credentials_for(self.auth_file, self.registry)
-        if credentials is None:
-            raise RegistryError(
-                "auth", f"{self.registry} asks for credentials and {self.auth_file} has none for it"
-            )
-        return credentials
-
     def _answer_challenge(self, header: str) -> None:
         scheme, params = parse_challenge(header)
         if scheme == "basic":
-            creds = self._credentials()
-            raw = f"{creds.username}:{creds.password}".encode()
-            self._authorization = "Basic " + base64.b64encode(raw).decode()
+            credentials = required_credentials(self.auth_file, self.registry)
+            self._authorization = basic_authorization(credentials)
         elif scheme == "bearer" and "realm" in params:
             self._authorization = "Bearer " + self._fetch_token(params)
         else:
-            raise RegistryError(
-                "auth", f"{self.registry}: unsupported auth challenge {scheme or 'none'}"
-            )
+            raise unsupported_challenge(self.registry, scheme)
 
     def _fetch_token(self, params: dict[str, str]) -> str:
-        """The token of a Bearer challenge, asked of a realm on the same registry."""
-        realm = params["realm"]
-        if not self._same_registry(urljoin(self.base, realm)):
-            raise RegistryError(
-                "auth",
-                f"token realm {urlsplit(realm).netloc} is not {self.registry}: not supported",
-            )
-        query = {
-            "service": params.get("service", ""),
-            "scope": f"repository:{self.repository}:{self.actions}",
-        }
+        """The token of a Bearer challenge, asked of its realm (see protocol.token_url)."""
+        url = token_url(
+            self.base, self.registry, self.repository, self.actions, params, self.insecure
+        )
         creds = credentials_for(self.auth_file, self.registry)
         auth = (creds.username, creds.password) if creds else None
         self.stats.requests += 1
         try:
             response = self.session.get(
-                urljoin(self.base, realm),
-                params=query,
-                auth=auth,
-                timeout=self.timeout,
-                allow_redirects=False,
+                url, auth=auth, timeout=self.timeout, allow_redirects=False, stream=True
             )
+            with response:
+                body = _read_capped(response, MAX_TOKEN_BYTES, f"token {self.registry}")
+        except RegistryError as exc:
+            if exc.reason != "digest_mismatch":
+                raise
+            raise RegistryError("auth", exc.detail) from None  # an answer too long
         except requests.RequestException as exc:
             raise RegistryError(
                 "connection", f"token {self.registry}: {type(exc).__name__}"
             ) from None
-        if response.status_code != 200 or len(response.content) > MAX_TOKEN_BYTES:
-            raise RegistryError("auth", f"token {self.registry}: HTTP {response.status_code}")
-        value = _json(response.content)
-        token = value.get("token") or value.get("access_token") if isinstance(value, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryError("auth", f"token {self.registry}: no token in the answer")
-        return token
+        return token_from_answer(self.registry, response.status_code, body)
 
     @staticmethod
     def _fail(response: requests.Response, what: str) -> RegistryError:
@@ -276,15 +218,14 @@ class RegistryClient:
         response.close()
         if response.status_code != 200:
             raise self._fail(response, f"HEAD {what}")
-        digest = response.headers.get("Docker-Content-Digest", "")
-        if not DIGEST_RE.match(digest):
-            raise RegistryError("digest_mismatch", f"HEAD {what}: no sha256 digest in the answer")
-        if target.startswith("sha256:") and digest != target:
-            raise RegistryError("digest_mismatch", f"HEAD {what}: answered for {digest}")
-        length = response.headers.get("Content-Length", "")
-        size = int(length) if length.isdigit() else 0
-        media = response.headers.get("Content-Type", OCI_MANIFEST).split(";")[0]
-        return Descriptor(media, digest, size)
+        headers = response.headers
+        return descriptor_from_head(
+            what,
+            target,
+            headers.get("Docker-Content-Digest"),
+            headers.get("Content-Length"),
+            headers.get("Content-Type"),
+        )
 
     def get_manifest(self, digest: str) -> bytes:
         """The manifest bytes, checked against digest (a registry may serve tampered bytes
@@ -393,16 +334,6 @@ class RegistryClient:
             received = 0
         _check_complete(part, descriptor, hasher)
         return received
-
-
-def _json(data: bytes) -> object:
-    import json
-
-    try:
-        value: object = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return value
 
 
 def _read_capped(response: requests.Response, cap: int, what: str) -> bytes:

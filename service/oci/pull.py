@@ -21,12 +21,16 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from service import fsops
 from service.errors import BundleRejected
 from service.manifest_reader import FileEntry, read_manifest_file
 from service.oci.artifact import Layer, parse_manifest
-from service.oci.client import RegistryClient, RegistryError, sha256_digest
+from service.oci.protocol import RegistryError, sha256_digest
+
+if TYPE_CHECKING:
+    from service.oci.client import RegistryClient  # the caller's: requests loads on a download
 
 CHUNK = 1024 * 1024
 PREFIX = "sha256-"
