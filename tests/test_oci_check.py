@@ -181,3 +181,76 @@ def test_check_of_a_real_registry_names_the_pushed_digest(
     with pytest.raises(RegistryError) as info:
         check.head_manifest("never-pushed")
     assert info.value.reason == "not_found"
+
+
+WATCHED = r"""
+import os, signal, sys, threading, time
+from prometheus_client import REGISTRY
+from service.cli import main
+
+def sample(name):
+    return REGISTRY.get_sample_value(name) or 0
+
+def watch(wanted):
+    for _ in range(600):  # 60 s at most
+        if sample("model_sidecar_source_checks_total") >= wanted:
+            break
+        time.sleep(0.1)
+    print("checks", int(sample("model_sidecar_source_checks_total")),
+          "up_to_date", int(sample("model_sidecar_source_up_to_date")),
+          "requests", "requests" in sys.modules, "urllib3" in sys.modules, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=watch, args=(int(sys.argv[1]),), daemon=True).start()
+sys.exit(main(["--no-reload"]))
+"""
+
+
+def run_watched(env: dict[str, str], checks: int) -> str:
+    """The daemon in a process that reports its checks and imports after ``checks``."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", WATCHED, str(checks)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return next(ln for ln in out.stdout.splitlines() if ln.startswith("checks"))
+
+
+def test_idle_sidecar_following_a_tag_never_imports_requests(
+    registry: Registry, models: Path, tmp_path: Path
+) -> None:
+    """A sidecar whose tag names the version it already runs makes its checks without
+    importing requests or urllib3 (idle RSS); the first one, which pulled, did import them."""
+    from service.oci.client import RegistryClient
+    from service.oci.push import push_bundle
+    from tests.support import base_env
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.bin").write_bytes(b"weights")
+    pusher = RegistryClient(
+        registry.host, REPO, insecure=frozenset({registry.host}), actions="pull,push"
+    )
+    push_bundle(pusher, "stable", bundle)
+    env = base_env(
+        models,
+        SOURCE=f"oci://{registry.host}/{REPO}:stable",
+        SOURCE_INSECURE=registry.host,
+        SOURCE_POLL_SECONDS="5",
+        METRICS_PORT="0",
+        POLL_DEFAULT="1",
+        REGISTRY_AUTH_FILE=str(tmp_path / "none.json"),
+    )
+    first = run_watched(env, checks=3)  # pulled at the first, promoted, up to date by the third
+    assert first == "checks 3 up_to_date 1 requests True True", first
+    assert run_watched(env, checks=2) == "checks 2 up_to_date 1 requests False False"
