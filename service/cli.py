@@ -65,13 +65,10 @@ DESCRIPTIONS: dict[str, str] = {
     "source_poll_seconds": "seconds between checks of SOURCE, [5, 86400]",
     "source_insecure": "registries (host:port, comma-separated) reached over plain HTTP",
     "registry_auth_file": "Docker/OCI auth file with the registry's credentials",
-    "registry_ca_file": "PEM CA certificates trusted for HTTPS registries (a private CA)",
+    "registry_ca_file": "PEM CA certificates for HTTPS registries (unset: certifi's bundle)",
 }
 # Defaults resolved after the configuration is loaded, as the user should read them.
-RESOLVED_DEFAULTS: dict[str, str] = {
-    "registry_auth_file": "~/.docker/config.json",
-    "registry_ca_file": "the CA bundle of certifi",
-}
+RESOLVED_DEFAULTS: dict[str, str] = {"registry_auth_file": "~/.docker/config.json"}
 
 VOLUME = ("models_root", "staging_dir", "current_link")
 LOGGING = ("log_level", "log_format")
