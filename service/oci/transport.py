@@ -53,6 +53,8 @@ UPLOAD_BLOCK = 1024 * 1024
 CONNECT_RETRIES = 2
 BACKOFF_FACTOR = 0.5
 
+BODY_HEADERS = frozenset({"content-length", "content-type"})
+
 Answer = tuple[int, Message, bytes]
 Body = IO[bytes] | bytes | None
 Errors = (OSError, http.client.HTTPException)
@@ -202,7 +204,7 @@ class Transport:
                 reply.discard()
                 url = urljoin(url, reply.headers.get("Location", ""))
                 if reply.status == 303:
-                    method, body = "GET", None
+                    method, body, headers = "GET", None, _without_body(headers or {})
             else:
                 return reply
         raise RegistryError("connection", f"{method} {self.registry}: too many redirects")
@@ -241,8 +243,9 @@ class Transport:
         credentials = credentials_for(self.auth_file, self.registry)
         headers = {"Authorization": basic_authorization(credentials)} if credentials else {}
         parts = urlsplit(url)
-        conn = self._connect(parts.scheme, parts.netloc)
+        conn: http.client.HTTPConnection | None = None
         try:
+            conn = self._connect(parts.scheme, parts.netloc)
             reply = self._send(conn, "GET", url, headers, None)
             with reply:
                 body = reply.read(MAX_TOKEN_BYTES)
@@ -252,7 +255,8 @@ class Transport:
         except Errors as exc:
             raise RegistryError("connection", f"token {self.registry}: {describe(exc)}") from None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         return token_from_answer(self.registry, reply.status, body)
 
     # -- the connection -------------------------------------------------------------------
@@ -343,6 +347,10 @@ class Transport:
                 raise TimeoutError("the answer took longer than the read timeout") from None
             raise
         return Reply(response, guard, on_done)
+
+
+def _without_body(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in BODY_HEADERS}
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
