@@ -68,6 +68,20 @@ class AttemptGuard:
         if self._timer is not None:
             self._timer.cancel()
 
+    def renew(self, seconds: float, more_bytes: int) -> None:
+        """A new deadline from now and ``more_bytes`` more to read: a body, after its
+        headers were read within the first ones."""
+        with self._lock:
+            if self.expired or self._done:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self.max_bytes += more_bytes
+            self.remaining += more_bytes
+            self._timer = threading.Timer(seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
     def charge(self, wanted: int) -> int:
         """How many of ``wanted`` bytes may be read; ReplyTooLarge when none may."""
         if self.remaining <= 0:

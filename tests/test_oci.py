@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from http.server import BaseHTTPRequestHandler
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -550,3 +553,166 @@ def test_retag_points_stable_at_the_canary_digest(tmp_path: Path, registry: Regi
     assert retag(mover, "canary", "stable") == pushed.digest
     assert client_for(registry, "pull").head_manifest("stable").digest == pushed.digest
     assert not [p for p in mover.stats.paths if "/blobs/" in p]
+
+
+# -- the client on the standard library: its connection and its imports --------------------
+
+
+class KeptAlive:
+    """An HTTP/1.1 registry on a fixed port serving one blob; ``stop`` also drops the
+    connections it keeps (a registry restarting), ``start`` listens on the port again."""
+
+    def __init__(self, blob: bytes, port: int = 0) -> None:
+        self.blob = blob
+        self.port = port
+        self.requests: list[tuple[int, str]] = []  # (client port, request line)
+        self.start()
+
+    def start(self) -> None:
+        outer = self
+        self.connections: list[Any] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                outer.connections.append(self.connection)
+                outer.requests.append((self.client_address[1], f"GET {self.path}"))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.blob)))
+                self.send_header("Docker-Content-Digest", "sha256:" + sha256(outer.blob))
+                self.end_headers()
+                self.wfile.write(outer.blob)
+
+            do_HEAD = do_GET  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_port
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def test_refused_reconnect_of_a_kept_connection_is_retried_during_a_download(
+    tmp_path: Path,
+) -> None:
+    """The registry restarts between the manifest and the blob: the kept connection it
+    dropped is replaced, the refused connects are retried as urllib3's Retry(connect=2,
+    backoff_factor=0.5) did (at once, then after 1 s), and the blob arrives whole."""
+    from service.oci.protocol import Descriptor
+
+    data = os.urandom(100_000)
+    server = KeptAlive(data)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            server.start()  # back up before the last connect attempt
+
+    try:
+        client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}))
+        client.transport.sleep = sleep
+        client.head_manifest("t")
+        server.stop()
+        part = tmp_path / "blob.part"
+        descriptor = Descriptor("x", "sha256:" + sha256(data), len(data))
+        assert client.download_blob(descriptor, part) == len(data)
+        assert part.read_bytes() == data and sleeps == [0.0, 1.0]
+        (head_port, _), (get_port, get) = server.requests
+        assert head_port != get_port and get == f"GET /v2/m/f/blobs/{descriptor.digest}"
+    finally:
+        server.stop()
+
+
+def test_registry_that_stays_down_fails_the_download_with_connection(tmp_path: Path) -> None:
+    """Three refused connects (one and two retries) end the download: reason connection,
+    naming the registry, nothing written."""
+    from service.oci.protocol import Descriptor
+
+    server = KeptAlive(b"x")
+    server.stop()
+    sleeps: list[float] = []
+    client = RegistryClient(server.host, "m/f", insecure=frozenset({server.host}))
+    client.transport.sleep = sleeps.append
+    part = tmp_path / "blob.part"
+    with pytest.raises(RegistryError, match=server.host) as info:
+        client.download_blob(Descriptor("x", "sha256:" + sha256(b"x"), 1), part)
+    assert info.value.reason == "connection" and sleeps == [0.0, 1.0]
+    assert not part.exists()
+
+
+WHOLE_PULL = r"""
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from service.jobs.pull import PullJob
+from service.layout import Layout
+from service.oci.check import SourceCheck
+from service.oci.client import RegistryClient
+from service.oci.reference import parse_reference
+from service.pull_metrics import PullMetrics
+
+host, repo, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+insecure = frozenset({host})
+job = PullJob(
+    Layout(root, root / "staging", root / "current"),
+    parse_reference(f"oci://{host}/{repo}:stable"),
+    SourceCheck(host, repo, insecure=insecure),
+    lambda: RegistryClient(host, repo, insecure=insecure),
+    PullMetrics(CollectorRegistry()),
+)
+result = job.run()
+print(result.outcome, (root / "staging" / "READY").exists(),
+      "requests" in sys.modules, "urllib3" in sys.modules)
+"""
+
+
+@pytest.mark.registry
+def test_a_whole_pull_imports_neither_requests_nor_urllib3(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """A PullJob run that checks, downloads and hands the bundle to staging, in a fresh
+    process: requests and urllib3 are never imported (the idle RSS after a pull)."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.bin").write_bytes(os.urandom(64 * 1024))
+    manifest = {
+        "version": "v1",
+        "files": {
+            "model.bin": {"sha256": sha256((bundle / "model.bin").read_bytes()), "size": 64 * 1024}
+        },
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    push_bundle(client_for(registry), "stable", bundle)
+    root = tmp_path / "models"
+    (root / "staging").mkdir(parents=True)
+    (root / "versions").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", WHOLE_PULL, registry.host, "m/f", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["staged", "True", "False", "False"], out.stderr

@@ -1,9 +1,12 @@
-"""A small OCI distribution client on ``requests``: only what pulling and pushing need.
+"""A small OCI distribution client on http.client and ssl: only what pulling and pushing need.
 
 Every manifest and blob is checked against its digest and size as it streams; nothing
 unverified is ever given a final name. Requests go only to the registry named in the
 reference (a redirect elsewhere is refused), each with a bounded timeout. Credentials
-come from the auth file and go only into the ``Authorization`` header.
+come from the auth file and go only into the ``Authorization`` header. requests and
+urllib3 (+5.4 MiB that would stay for the life of the sidecar) are never imported: the
+connection, challenge and redirects are :mod:`service.oci.transport`'s, shared with the
+source check.
 """
 
 from __future__ import annotations
@@ -13,38 +16,23 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from service.oci.auth import credentials_for
+from service.bounded_http import ReplyTooLarge
 from service.oci.protocol import (
-    MAX_REDIRECTS,
-    MAX_TOKEN_BYTES,
     OCI_MANIFEST,
-    REDIRECTS,
     TIMEOUT,
-    TLS_FAILED,
     Descriptor,
     RegistryError,
     Stats,
-    basic_authorization,
     descriptor_from_head,
-    parse_challenge,
-    required_credentials,
-    same_origin,
     sha256_digest,
     status_reason,
-    token_from_answer,
-    token_url,
-    unsupported_challenge,
 )
-from service.oci.reference import base_url
+from service.oci.transport import MAX_ANSWER_BYTES, Body, Errors, Reply, Transport, describe
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +44,8 @@ BLOB_FLOOR_SECONDS = 60.0
 MIN_BYTES_PER_SECOND = 256 * 1024
 
 
-def make_session(pool: int = 4, ca_file: Path | None = None) -> requests.Session:
-    """A session that retries connecting (never a request that reached the server).
-
-    TLS is verified with ca_file when given (REGISTRY_CA_FILE, a private registry's CA),
-    else with the CA bundle requests ships (certifi).
-    """
-    session = requests.Session()
-    if ca_file is not None:
-        session.verify = str(ca_file)
-    retry = Retry(
-        total=2,
-        connect=2,
-        read=0,
-        status=0,
-        other=0,
-        backoff_factor=0.5,
-        allowed_methods=None,
-        raise_on_status=False,
-    )
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool, pool_maxsize=pool)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.trust_env = False  # no proxy or .netrc from the environment: only the registry
-    return session
+def body_seconds(size: int) -> float:
+    return BLOB_FLOOR_SECONDS + size / MIN_BYTES_PER_SECOND
 
 
 class RegistryClient:
@@ -94,7 +60,6 @@ class RegistryClient:
         insecure: frozenset[str] = frozenset(),
         auth_file: Path | None = None,
         ca_file: Path | None = None,
-        session: requests.Session | None = None,
         timeout: tuple[float, float] = TIMEOUT,
         actions: str = "pull",
         clock: Callable[[], float] = time.monotonic,
@@ -102,111 +67,57 @@ class RegistryClient:
         self.registry = registry
         self.repository = repository
         self.insecure = insecure
-        self.base = base_url(registry, insecure)
         self.auth_file = auth_file
-        self.session = session or make_session(ca_file=ca_file)
         self.timeout = timeout
         self.clock = clock
         self.actions = actions
         self.stats = Stats()
-        self._authorization: str | None = None
+        self.transport = Transport(
+            registry,
+            repository,
+            insecure=insecure,
+            auth_file=auth_file,
+            ca_file=ca_file,
+            timeout=timeout,
+            actions=actions,
+            stats=self.stats,
+        )
+        self.base = self.transport.base
 
     # -- requests --------------------------------------------------------------------------
 
     def _url(self, path: str) -> str:
         return f"{self.base}/v2/{self.repository}/{path}"
 
-    def _send(
-        self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any
-    ) -> requests.Response:
-        if not same_origin(self.base, url):
-            raise RegistryError(
-                "connection",
-                f"{method} to {urlsplit(url).netloc} refused: only {self.registry} is contacted",
-            )
-        sent = dict(headers)
-        if self._authorization:
-            sent["Authorization"] = self._authorization
-        self.stats.requests += 1
-        self.stats.paths.append(f"{method} {urlsplit(url).path}")
-        try:
-            return self.session.request(
-                method, url, headers=sent, timeout=self.timeout, allow_redirects=False, **kwargs
-            )
-        except requests.exceptions.SSLError:
-            raise RegistryError("connection", f"{method} {self.registry}: {TLS_FAILED}") from None
-        except requests.RequestException as exc:
-            raise RegistryError(
-                "connection", f"{method} {self.registry}: {type(exc).__name__}"
-            ) from None
-
     def request(
         self,
         method: str,
         url: str,
-        headers: Mapping[str, str] | None = None,
-        body: IO[bytes] | bytes | None = None,
-        **kwargs: Any,
-    ) -> requests.Response:
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+    ) -> Reply:
         """Send, answering one auth challenge and following same-registry redirects."""
-        headers = headers or {}
-        challenged = False
-        for _ in range(MAX_REDIRECTS + 2):
-            if hasattr(body, "seek"):
-                body.seek(0)  # type: ignore[union-attr]
-            response = self._send(method, url, headers, data=body, **kwargs)
-            if response.status_code == 401 and not challenged:
-                response.close()
-                challenged = True
-                self._answer_challenge(response.headers.get("WWW-Authenticate", ""))
-                continue
-            if response.status_code in REDIRECTS:
-                response.close()
-                url = urljoin(url, response.headers.get("Location", ""))
-                if response.status_code == 303:
-                    method, body = "GET", None
-                continue
-            return response
-        raise RegistryError("connection", f"{method} {self.registry}: too many redirects")
+        return self.transport.request(method, url, headers, body)
 
-    def _answer_challenge(self, header: str) -> None:
-        scheme, params = parse_challenge(header)
-        if scheme == "basic":
-            credentials = required_credentials(self.auth_file, self.registry)
-            self._authorization = basic_authorization(credentials)
-        elif scheme == "bearer" and "realm" in params:
-            self._authorization = "Bearer " + self._fetch_token(params)
-        else:
-            raise unsupported_challenge(self.registry, scheme)
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: Body = None) -> Reply:
+        """A request whose (small) answer is read; its headers and status are returned."""
+        with self.request(method, url, headers, body) as reply:
+            try:
+                reply.read(MAX_ANSWER_BYTES)
+                reply.expired_check()
+            except Errors as exc:
+                raise RegistryError(
+                    "connection", f"{method} {self.registry}: {describe(exc)}"
+                ) from None
+        return reply
 
-    def _fetch_token(self, params: dict[str, str]) -> str:
-        """The token of a Bearer challenge, asked of its realm (see protocol.token_url)."""
-        url = token_url(
-            self.base, self.registry, self.repository, self.actions, params, self.insecure
-        )
-        creds = credentials_for(self.auth_file, self.registry)
-        auth = (creds.username, creds.password) if creds else None
-        self.stats.requests += 1
-        try:
-            response = self.session.get(
-                url, auth=auth, timeout=self.timeout, allow_redirects=False, stream=True
-            )
-            with response:
-                body = _read_capped(response, MAX_TOKEN_BYTES, f"token {self.registry}")
-        except RegistryError as exc:
-            if exc.reason != "digest_mismatch":
-                raise
-            raise RegistryError("auth", exc.detail) from None  # an answer too long
-        except requests.RequestException as exc:
-            raise RegistryError(
-                "connection", f"token {self.registry}: {type(exc).__name__}"
-            ) from None
-        return token_from_answer(self.registry, response.status_code, body)
+    def close(self) -> None:
+        self.transport.close()
 
     @staticmethod
-    def _fail(response: requests.Response, what: str) -> RegistryError:
-        response.close()
-        code = response.status_code
+    def _fail(reply: Reply, what: str) -> RegistryError:
+        reply.close()
+        code = reply.status
         return RegistryError(status_reason(code), f"{what}: HTTP {code}")
 
     # -- manifests -------------------------------------------------------------------------
@@ -214,11 +125,10 @@ class RegistryClient:
     def head_manifest(self, target: str) -> Descriptor:
         """The digest and size the tag (or digest) names now: one HEAD request."""
         what = f"{self.registry}/{self.repository}:{target}"
-        response = self.request("HEAD", self._url(f"manifests/{target}"), {"Accept": OCI_MANIFEST})
-        response.close()
-        if response.status_code != 200:
-            raise self._fail(response, f"HEAD {what}")
-        headers = response.headers
+        reply = self._exchange("HEAD", self._url(f"manifests/{target}"), {"Accept": OCI_MANIFEST})
+        if reply.status != 200:
+            raise self._fail(reply, f"HEAD {what}")
+        headers = reply.headers
         return descriptor_from_head(
             what,
             target,
@@ -230,28 +140,26 @@ class RegistryClient:
     def get_manifest(self, digest: str) -> bytes:
         """The manifest bytes, checked against digest (a registry may serve tampered bytes
         under the original digest header)."""
-        response = self.request(
-            "GET", self._url(f"manifests/{digest}"), {"Accept": OCI_MANIFEST}, stream=True
-        )
-        with response:
-            if response.status_code != 200:
-                raise self._fail(response, f"GET manifest {digest}")
-            data = _read_capped(response, MAX_MANIFEST_BYTES, f"manifest {digest}")
+        reply = self.request("GET", self._url(f"manifests/{digest}"), {"Accept": OCI_MANIFEST})
+        with reply:
+            if reply.status != 200:
+                raise self._fail(reply, f"GET manifest {digest}")
+            reply.extend(body_seconds(MAX_MANIFEST_BYTES), MAX_MANIFEST_BYTES)
+            data = _read_capped(reply, MAX_MANIFEST_BYTES, f"manifest {digest}")
         self.stats.bytes_received += len(data)
         if sha256_digest(data) != digest:
             raise RegistryError("digest_mismatch", f"manifest {digest}: bytes do not match")
         return data
 
     def put_manifest(self, tag: str, data: bytes, media_type: str = OCI_MANIFEST) -> str:
-        response = self.request(
-            "PUT", self._url(f"manifests/{tag}"), {"Content-Type": media_type}, body=data
+        reply = self._exchange(
+            "PUT", self._url(f"manifests/{tag}"), {"Content-Type": media_type}, data
         )
-        response.close()
-        if response.status_code not in (200, 201):
-            raise self._fail(response, f"PUT manifest {self.repository}:{tag}")
+        if reply.status not in (200, 201):
+            raise self._fail(reply, f"PUT manifest {self.repository}:{tag}")
         self.stats.bytes_sent += len(data)
         digest = sha256_digest(data)
-        answered = response.headers.get("Docker-Content-Digest", digest)
+        answered = reply.headers.get("Docker-Content-Digest", digest)
         if answered != digest:
             raise RegistryError("digest_mismatch", f"PUT manifest: registry stored {answered}")
         return digest
@@ -259,48 +167,42 @@ class RegistryClient:
     # -- blobs -----------------------------------------------------------------------------
 
     def blob_exists(self, digest: str) -> bool:
-        response = self.request("HEAD", self._url(f"blobs/{digest}"))
-        response.close()
-        if response.status_code == 200:
+        reply = self._exchange("HEAD", self._url(f"blobs/{digest}"), {})
+        if reply.status == 200:
             return True
-        if response.status_code == 404:
+        if reply.status == 404:
             return False
-        raise self._fail(response, f"HEAD blob {digest}")
+        raise self._fail(reply, f"HEAD blob {digest}")
 
     def upload_blob(self, digest: str, size: int, source: IO[bytes] | bytes) -> None:
         """Monolithic upload: POST opens a session, one streamed PUT with the digest ends it."""
-        response = self.request("POST", self._url("blobs/uploads/"), {"Content-Length": "0"})
-        response.close()
-        if response.status_code != 202 or "Location" not in response.headers:
-            raise self._fail(response, f"POST upload of {digest}")
-        location = urljoin(self._url("blobs/uploads/"), response.headers["Location"])
+        reply = self._exchange("POST", self._url("blobs/uploads/"), {"Content-Length": "0"})
+        if reply.status != 202 or "Location" not in reply.headers:
+            raise self._fail(reply, f"POST upload of {digest}")
+        location = urljoin(self._url("blobs/uploads/"), reply.headers["Location"])
         separator = "&" if "?" in location else "?"
-        response = self.request(
+        # Content-Type: distribution misreads a blob PUT without it.
+        reply = self._exchange(
             "PUT",
             f"{location}{separator}digest={digest}",
             {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            body=source,
+            source,
         )
-        response.close()
-        if response.status_code != 201:
-            raise self._fail(response, f"PUT blob {digest}")
+        if reply.status != 201:
+            raise self._fail(reply, f"PUT blob {digest}")
         self.stats.bytes_sent += size
 
     def _counter(
         self, descriptor: Descriptor, remaining: int, progress: Callable[[int], None] | None
     ) -> Callable[[int], None]:
-        deadline = self.clock() + BLOB_FLOOR_SECONDS + remaining / MIN_BYTES_PER_SECOND
+        deadline = self.clock() + body_seconds(remaining)
 
         def count(length: int) -> None:
             self.stats.bytes_received += length
             if progress is not None:
                 progress(length)
             if self.clock() > deadline:
-                raise RegistryError(
-                    "connection",
-                    f"blob {descriptor.digest}: slower than "
-                    f"{MIN_BYTES_PER_SECOND} B/s, stopped (resumed later)",
-                )
+                raise RegistryError("connection", _too_slow(descriptor))
 
         return count
 
@@ -318,38 +220,44 @@ class RegistryClient:
         if offset < descriptor.size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             self.stats.range_requests += bool(offset)
-            response = self.request(
-                "GET", self._url(f"blobs/{descriptor.digest}"), headers, stream=True
-            )
-            with response:
-                if response.status_code == 200 and offset:
+            reply = self.request("GET", self._url(f"blobs/{descriptor.digest}"), headers)
+            with reply:
+                if reply.status == 200 and offset:
                     hasher, offset = hashlib.sha256(), 0  # the registry ignored Range
-                elif response.status_code not in (200, 206) or (
-                    response.status_code == 206 and not _range_starts(response, offset)
+                elif reply.status not in (200, 206) or (
+                    reply.status == 206 and not _range_starts(reply, offset)
                 ):
-                    raise self._fail(response, f"GET blob {descriptor.digest}")
-                count = self._counter(descriptor, descriptor.size - offset, progress)
-                received = _stream_to(response, part, offset, descriptor, hasher, count)
+                    raise self._fail(reply, f"GET blob {descriptor.digest}")
+                remaining = descriptor.size - offset
+                reply.extend(body_seconds(remaining), remaining)
+                count = self._counter(descriptor, remaining, progress)
+                received = _stream_to(reply, part, offset, descriptor, hasher, count)
         else:
             received = 0
         _check_complete(part, descriptor, hasher)
         return received
 
 
-def _read_capped(response: requests.Response, cap: int, what: str) -> bytes:
-    data = bytearray()
+def _too_slow(descriptor: Descriptor) -> str:
+    return (
+        f"blob {descriptor.digest}: slower than {MIN_BYTES_PER_SECOND} B/s, stopped (resumed later)"
+    )
+
+
+def _read_capped(reply: Reply, cap: int, what: str) -> bytes:
     try:
-        for chunk in response.iter_content(64 * 1024):
-            data += chunk
-            if len(data) > cap:
-                raise RegistryError("digest_mismatch", f"{what} is larger than {cap} B")
-    except requests.RequestException as exc:
-        raise RegistryError("connection", f"{what}: {type(exc).__name__}") from None
-    return bytes(data)
+        data = reply.read(cap)
+    except ReplyTooLarge:
+        data = b"x" * (cap + 1)  # the budget is the cap and the headers: past the cap
+    except Errors as exc:
+        raise RegistryError("connection", f"{what}: {describe(exc)}") from None
+    if len(data) > cap:
+        raise RegistryError("digest_mismatch", f"{what} is larger than {cap} B")
+    return data
 
 
-def _range_starts(response: requests.Response, offset: int) -> bool:
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+def _range_starts(reply: Reply, offset: int) -> bool:
+    match = re.match(r"bytes (\d+)-", reply.headers.get("Content-Range", ""))
     return match is not None and int(match.group(1)) == offset
 
 
@@ -371,7 +279,7 @@ def _hash_existing(part: Path, size: int) -> tuple[Any, int]:
 
 
 def _stream_to(
-    response: requests.Response,
+    reply: Reply,
     part: Path,
     offset: int,
     descriptor: Descriptor,
@@ -384,25 +292,40 @@ def _stream_to(
         out.truncate(offset)
         out.seek(offset)
         try:
-            for chunk in response.iter_content(CHUNK):
-                if offset + received + len(chunk) > descriptor.size:
-                    part.unlink()
-                    raise RegistryError(
-                        "digest_mismatch",
-                        f"blob {descriptor.digest} is longer than {descriptor.size} B",
-                    )
-                out.write(chunk)
-                hasher.update(chunk)
-                received += len(chunk)
-                count(len(chunk))
-        except requests.RequestException as exc:
+            received = _write_chunks(
+                reply.chunks(CHUNK), out, part, offset, descriptor, hasher, count
+            )
+        except Errors as exc:
+            detail = _too_slow(descriptor) if reply.guard.expired else describe(exc)
             raise RegistryError(
-                "connection",
-                f"blob {descriptor.digest} after {offset + received} B: {type(exc).__name__}",
+                "connection", f"blob {descriptor.digest} after {out.tell()} B: {detail}"
             ) from None
         finally:
             out.flush()
             os.fsync(out.fileno())  # keep what arrived: the next attempt resumes from it
+    return received
+
+
+def _write_chunks(
+    chunks: Iterable[bytes],
+    out: IO[bytes],
+    part: Path,
+    offset: int,
+    descriptor: Descriptor,
+    hasher: Any,
+    count: Callable[[int], None],
+) -> int:
+    received = 0
+    for chunk in chunks:
+        if offset + received + len(chunk) > descriptor.size:
+            part.unlink()
+            raise RegistryError(
+                "digest_mismatch", f"blob {descriptor.digest} is longer than {descriptor.size} B"
+            )
+        out.write(chunk)
+        hasher.update(chunk)
+        received += len(chunk)
+        count(len(chunk))
     return received
 
 

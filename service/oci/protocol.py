@@ -1,4 +1,4 @@
-"""The registry protocol's rules, shared by the check (stdlib) and the client (requests).
+"""The registry protocol's rules, shared by the check and the client (both on stdlib).
 
 Pure functions: what a HEAD answer means, how a challenge is answered, where a token may
 be asked for and what its answer holds. Nothing here does I/O except reading the auth
