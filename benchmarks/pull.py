@@ -57,7 +57,8 @@ job = PullJob(paths, parse_reference(f"oci://{host}/models/forecaster:{tag}"), c
 start = time.monotonic()
 result = job.run()
 print(json.dumps({"seconds": time.monotonic() - start, "outcome": result.outcome,
-                  "bytes": client.stats.bytes_received, "requests": client.stats.requests + check.stats.requests,
+                  "bytes": client.stats.bytes_received,
+                  "requests": client.stats.requests + check.stats.requests,
                   "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

@@ -75,8 +75,8 @@ def check_trusted_keys(config: Config) -> None:
 def build_pull_job(config: Config, registry: CollectorRegistry) -> PullJob | None:
     """The pull job of SOURCE (SPEC 12), None when SOURCE is not set.
 
-    The check is on the standard library; the requests-based client that downloads is
-    made the first time a digest changes.
+    Both the check and the client that downloads are on the standard library; the
+    client is made the first time a digest changes.
     """
     if config.source is None:
         return None

@@ -27,7 +27,7 @@ from service.stage import (
     skipped_names,
 )
 
-if TYPE_CHECKING:  # requests is imported only when a push runs
+if TYPE_CHECKING:  # the registry client is imported only when a push runs
     from service.oci.push import PushResult
 
 

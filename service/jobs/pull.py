@@ -242,7 +242,7 @@ class PullJob:
     """One run per SOURCE_POLL_SECONDS; everything it touches is injected.
 
     ``check`` makes the HEAD of every run; ``open_client`` makes the downloading client
-    the first time a digest must be downloaded (requests stays out of an idle sidecar).
+    the first time a digest must be downloaded (its modules stay out of an idle sidecar).
     """
 
     def __init__(

@@ -162,8 +162,8 @@ def token_from_answer(registry: str, status: int, body: bytes) -> str:
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Verify a registry with REGISTRY_CA_FILE when set, else with the bundle requests
-    uses (certifi), so that the check and the download trust the same CAs."""
+    """Verify a registry with REGISTRY_CA_FILE when set, else with certifi's bundle (as
+    requests does for the reload), the same CAs on every machine whatever its system store."""
     if ca_file is None:
         import certifi
 

@@ -30,7 +30,7 @@ from service.oci.artifact import Layer, parse_manifest
 from service.oci.protocol import RegistryError, sha256_digest
 
 if TYPE_CHECKING:
-    from service.oci.client import RegistryClient  # the caller's: requests loads on a download
+    from service.oci.client import RegistryClient  # the caller's, made on a download
 
 CHUNK = 1024 * 1024
 PREFIX = "sha256-"
