@@ -117,9 +117,20 @@ class CappedReader(io.RawIOBase):
 
 
 class CappedHTTPResponse(http.client.HTTPResponse):
-    """http.client's response, reading its socket through a :class:`CappedReader`."""
+    """http.client's response, reading its socket through a :class:`CappedReader`.
+
+    Interim answers (1xx but 101, such as 103 Early Hints) are skipped as http.client
+    skips 100: otherwise a 103 would be taken for the answer, and the real one for the
+    answer to the next request on the connection. The byte budget bounds their number.
+    """
 
     def __init__(self, sock: socket.socket, *args: Any, guard: AttemptGuard, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         raw = self.fp.detach()
         self.fp = io.BufferedReader(CappedReader(raw, guard))
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if 100 < status < 200 and status != 101:
+            status = http.client.CONTINUE  # begin() then skips its headers and reads on
+        return version, status, reason

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin
 
 from service.bounded_http import ReplyTooLarge
 from service.oci.protocol import (
@@ -29,6 +28,7 @@ from service.oci.protocol import (
     RegistryError,
     Stats,
     descriptor_from_head,
+    next_url,
     sha256_digest,
     status_reason,
 )
@@ -179,7 +179,7 @@ class RegistryClient:
         reply = self._exchange("POST", self._url("blobs/uploads/"), {"Content-Length": "0"})
         if reply.status != 202 or "Location" not in reply.headers:
             raise self._fail(reply, f"POST upload of {digest}")
-        location = urljoin(self._url("blobs/uploads/"), reply.headers["Location"])
+        location = next_url(self._url("blobs/uploads/"), reply.headers["Location"], "connection")
         separator = "&" if "?" in location else "?"
         # Content-Type: distribution misreads a blob PUT without it.
         reply = self._exchange(
@@ -257,7 +257,7 @@ def _read_capped(reply: Reply, cap: int, what: str) -> bytes:
 
 
 def _range_starts(reply: Reply, offset: int) -> bool:
-    match = re.match(r"bytes (\d+)-", reply.headers.get("Content-Range", ""))
+    match = re.match(r"bytes ([0-9]{1,18})-", reply.headers.get("Content-Range", ""))
     return match is not None and int(match.group(1)) == offset
 
 

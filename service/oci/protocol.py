@@ -26,6 +26,7 @@ TIMEOUT = (5.0, 30.0)  # connect, and between two reads of a body
 MAX_REDIRECTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 TLS_FAILED = "TLS verification failed (a private CA? see REGISTRY_CA_FILE)"
+NUMBER_RE = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²"
 AUTH_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -72,6 +73,19 @@ def status_reason(status: int) -> str:
     return "connection"
 
 
+def next_url(url: str, location: str, reason: str) -> str:
+    """``location`` (a redirect's, an upload session's) resolved against ``url``; a
+    RegistryError with ``reason`` when it is no usable URL (not ASCII, not parsable)."""
+    try:
+        resolved = urljoin(url, location)
+        urlsplit(resolved).port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        resolved = ""
+    if not resolved or not resolved.isascii() or not resolved.isprintable():
+        raise RegistryError(reason, f"unusable Location {location[:80]!r}")
+    return resolved
+
+
 def same_origin(base: str, url: str) -> bool:
     ours, theirs = urlsplit(base), urlsplit(url)
     return (ours.scheme, ours.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
@@ -86,7 +100,9 @@ def descriptor_from_head(
         raise RegistryError("digest_mismatch", f"HEAD {what}: no sha256 digest in the answer")
     if target.startswith("sha256:") and digest != target:
         raise RegistryError("digest_mismatch", f"HEAD {what}: answered for {digest}")
-    size = int(length) if length and length.isdigit() else 0
+    if length and not NUMBER_RE.fullmatch(length):
+        raise RegistryError("connection", f"HEAD {what}: Content-Length is not a number")
+    size = int(length) if length else 0
     return Descriptor((content_type or OCI_MANIFEST).split(";")[0], digest, size)
 
 
@@ -131,7 +147,7 @@ def token_url(
     registry's credentials go there, as every Docker client sends them, but only over
     HTTPS, or plain HTTP to the registry itself or a host named in SOURCE_INSECURE.
     """
-    realm = urljoin(base + "/", params.get("realm", ""))
+    realm = next_url(base + "/", params.get("realm", ""), "auth")
     parts = urlsplit(realm)
     plain_ok = same_origin(base, realm) or parts.netloc.lower() in insecure
     if parts.scheme != "https" and not (parts.scheme == "http" and plain_ok):
@@ -156,7 +172,8 @@ def token_from_answer(registry: str, status: int, body: bytes) -> str:
     except (ValueError, RecursionError):
         value = None
     token = value.get("token") or value.get("access_token") if isinstance(value, dict) else None
-    if not isinstance(token, str) or not token or not token.isprintable():
+    # Printable ASCII: a token goes into a header (latin-1 at most, no CR/LF).
+    if not isinstance(token, str) or not token or not (token.isascii() and token.isprintable()):
         raise RegistryError("auth", f"token {registry}: no token in the answer")
     return token
 

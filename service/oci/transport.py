@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from email.message import Message
 from pathlib import Path
 from typing import IO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from service.bounded_http import AttemptGuard, CappedHTTPResponse, ReplyTooLarge
 from service.oci.auth import credentials_for
@@ -35,6 +35,7 @@ from service.oci.protocol import (
     RegistryError,
     Stats,
     basic_authorization,
+    next_url,
     parse_challenge,
     required_credentials,
     same_origin,
@@ -202,7 +203,7 @@ class Transport:
                 self._authorization = self._answer(reply.headers.get("WWW-Authenticate", ""))
             elif reply.status in REDIRECTS:
                 reply.discard()
-                url = urljoin(url, reply.headers.get("Location", ""))
+                url = next_url(url, reply.headers.get("Location", ""), "connection")
                 if reply.status == 303:
                     method, body, headers = "GET", None, _without_body(headers or {})
             else:
