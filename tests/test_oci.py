@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import socket
@@ -19,11 +20,11 @@ from registry import Registry
 
 from service.errors import ConfigError
 from service.oci import artifact
-from service.oci.artifact import Layer, build_manifest, parse_manifest
+from service.oci.artifact import LAYER_MEDIA_TYPE, Layer, build_manifest, parse_manifest
 from service.oci.auth import AuthFileError, Credentials, credentials_for, parse_auth_file
 from service.oci.check import SourceCheck
 from service.oci.client import RegistryClient
-from service.oci.protocol import RegistryError, sha256_digest
+from service.oci.protocol import Descriptor, RegistryError, sha256_digest
 from service.oci.push import PushRefused, push_bundle
 from service.oci.reference import Reference, parse_insecure, parse_reference, source_reference
 from tests.support import serve_http, sha256
@@ -299,6 +300,46 @@ def test_push_skips_blobs_already_there(tmp_path: Path, registry: Registry) -> N
     second = push_bundle(again, "t", tmp_path / "b", {"manifest.json": b"{}"})
     assert (first.uploaded, second.uploaded, second.digest) == (2, 0, first.digest)
     assert not [p for p in again.stats.paths if p.startswith(("POST", "PATCH"))]
+
+
+CHUNK = 4096
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("size", [CHUNK, CHUNK + 1, 3 * CHUNK - 1, 3 * CHUNK + 1])
+def test_blob_over_the_upload_chunk_goes_up_in_patches(
+    tmp_path: Path, registry: Registry, size: int
+) -> None:
+    """A blob over upload_chunk is sent in ceil(size / chunk) PATCHes and an empty PUT
+    (one at most a chunk: in the PUT alone); the registry serves it byte for byte."""
+    data = os.urandom(size)
+    digest = "sha256:" + sha256(data)
+    client = client_for(registry)
+    client.upload_chunk = CHUNK
+    client.upload_blob(digest, size, io.BytesIO(data))
+    patches = -(-size // CHUNK) if size > CHUNK else 0
+    assert registry.requests("PATCH", "/blobs/uploads/") == patches
+    part = tmp_path / "blob"
+    client.download_blob(Descriptor(LAYER_MEDIA_TYPE, digest, size), part)
+    assert part.read_bytes() == data
+
+
+@pytest.mark.registry
+def test_chunked_push_of_a_bundle_pulls_back_whole(tmp_path: Path, registry: Registry) -> None:
+    """A bundle pushed with a small upload_chunk from files on disk: every layer pulls
+    back with its bytes (each PATCH streams its slice of the file)."""
+    files = {"a.bin": os.urandom(3 * CHUNK + 7), "b.bin": os.urandom(CHUNK // 2)}
+    (tmp_path / "b").mkdir()
+    for name, data in files.items():
+        (tmp_path / "b" / name).write_bytes(data)
+    client = client_for(registry)
+    client.upload_chunk = CHUNK
+    pushed = push_bundle(client, "t", tmp_path / "b", {"manifest.json": b"{}"})
+    for layer in parse_manifest(client.get_manifest(pushed.digest)):
+        part = tmp_path / f"{layer.path}.part"
+        client.download_blob(Descriptor(LAYER_MEDIA_TYPE, layer.digest, layer.size), part)
+        expected = files.get(layer.path, b"{}")
+        assert part.read_bytes() == expected, layer.path
 
 
 def test_push_refuses_a_symlink(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ source check.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit registries commonly enforce
 CHUNK = 1024 * 1024
+UPLOAD_CHUNK = 64 * 1024 * 1024
 # A body that trickles (a byte every 29 s never trips the read timeout) must not hold the
 # job forever: a blob gets BLOB_FLOOR_SECONDS plus its size at MIN_BYTES_PER_SECOND.
 BLOB_FLOOR_SECONDS = 60.0
@@ -48,9 +50,39 @@ def body_seconds(size: int) -> float:
     return BLOB_FLOOR_SECONDS + size / MIN_BYTES_PER_SECOND
 
 
+class FileSlice(io.RawIOBase):
+    """``length`` bytes of ``source`` from ``start``, streamed; ``seek(0)`` rewinds to
+    ``start`` (the transport rewinds a body it sends again after a challenge)."""
+
+    def __init__(self, source: IO[bytes], start: int, length: int) -> None:
+        super().__init__()
+        self._source, self._start, self._length, self._done = source, start, length, 0
+        source.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: self._length - self._done]
+        count = self._source.readinto(view) if view.nbytes else 0  # type: ignore[attr-defined]
+        self._done += count or 0
+        return count or 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if (offset, whence) != (0, io.SEEK_SET):
+            raise io.UnsupportedOperation("a FileSlice only rewinds")
+        self._source.seek(self._start)
+        self._done = 0
+        return 0
+
+
 class RegistryClient:
     """One registry, one repository; ``actions`` is the token scope (``pull`` or
     ``pull,push``)."""
+
+    # A blob larger than this is sent in PATCHes of this size: under the 100 MB a request
+    # that many proxies in front of registries accept.
+    upload_chunk = UPLOAD_CHUNK
 
     def __init__(
         self,
@@ -175,22 +207,46 @@ class RegistryClient:
         raise self._fail(reply, f"HEAD blob {digest}")
 
     def upload_blob(self, digest: str, size: int, source: IO[bytes] | bytes) -> None:
-        """Monolithic upload: POST opens a session, one streamed PUT with the digest ends it."""
+        """POST opens a session; a blob up to ``upload_chunk`` bytes goes in one streamed
+        PUT with its digest, a larger one in PATCHes of ``upload_chunk`` bytes (each
+        following the Location the previous answer named) and an empty PUT with it."""
         reply = self._exchange("POST", self._url("blobs/uploads/"), {"Content-Length": "0"})
-        if reply.status != 202 or "Location" not in reply.headers:
-            raise self._fail(reply, f"POST upload of {digest}")
-        location = next_url(self._url("blobs/uploads/"), reply.headers["Location"], "connection")
+        location = self._next_location(reply, 202, f"POST upload of {digest}")
+        body, length = source, size
+        if size > self.upload_chunk:
+            stream = io.BytesIO(source) if isinstance(source, bytes) else source
+            location = self._patch_chunks(location, digest, size, stream)
+            body, length = b"", 0
         separator = "&" if "?" in location else "?"
         # Content-Type: distribution misreads a blob PUT without it.
         reply = self._exchange(
             "PUT",
             f"{location}{separator}digest={digest}",
-            {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            source,
+            {"Content-Type": "application/octet-stream", "Content-Length": str(length)},
+            body,
         )
         if reply.status != 201:
             raise self._fail(reply, f"PUT blob {digest}")
         self.stats.bytes_sent += size
+
+    def _patch_chunks(self, location: str, digest: str, size: int, source: IO[bytes]) -> str:
+        """Send the blob in chunks; the Location to finish the upload at."""
+        for start in range(0, size, self.upload_chunk):
+            length = min(self.upload_chunk, size - start)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(length),
+                "Content-Range": f"{start}-{start + length - 1}",
+            }
+            chunk = FileSlice(source, start, length)
+            reply = self._exchange("PATCH", location, headers, chunk)
+            location = self._next_location(reply, 202, f"PATCH blob {digest} at {start}")
+        return location
+
+    def _next_location(self, reply: Reply, status: int, what: str) -> str:
+        if reply.status != status or "Location" not in reply.headers:
+            raise self._fail(reply, what)
+        return next_url(self._url("blobs/uploads/"), reply.headers["Location"], "connection")
 
     def _counter(
         self, descriptor: Descriptor, remaining: int, progress: Callable[[int], None] | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import io
 import select
 import socket
 import ssl
@@ -57,7 +58,7 @@ BACKOFF_FACTOR = 0.5
 BODY_HEADERS = frozenset({"content-length", "content-type"})
 
 Answer = tuple[int, Message, bytes]
-Body = IO[bytes] | bytes | None
+Body = IO[bytes] | io.RawIOBase | bytes | None
 Errors = (OSError, http.client.HTTPException)
 
 
