@@ -215,6 +215,7 @@ def make_node(
             "METRICS_PORT": str(port),
             "REGISTRY_AUTH_FILE": str(work / "no-auth.json"),
             "REQUIRE_MANIFEST": "true",
+            "MALLOC_ARENA_MAX": "1",  # as the image runs it (Dockerfile)
         }
     )
     if source:
