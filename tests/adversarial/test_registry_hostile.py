@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
 import ssl
@@ -599,6 +600,7 @@ STATUS_LINES = [
     b"HTTP/1.1 -1 X",
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK",
     b"HTTP/0.9",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK",
     b"",
     b"SSH-2.0-OpenSSH",
     b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000,
@@ -615,6 +617,8 @@ HEADER_VALUES: dict[bytes, list[bytes]] = {
         b"99999999999",
         b" 7 ",
         b"0x10",
+        b"\xb2",
+        b"9" * 5000,
     ],
     b"Transfer-Encoding": [b"chunked", b"gzip, chunked", b"identity", b"chunked, chunked", b"br"],
     b"Docker-Content-Digest": [
@@ -635,6 +639,8 @@ HEADER_VALUES: dict[bytes, list[bytes]] = {
         b"bytes -3-",
         b"items 0-1",
         b"bytes 99999999999999999999-",
+        b"bytes " + b"1" * 5000 + b"-",
+        b"bytes \xb3-",
     ],
     b"Location": [
         b"/v2/m/f/blobs/x",
@@ -646,6 +652,9 @@ HEADER_VALUES: dict[bytes, list[bytes]] = {
         b"http://{host}/v2/again",
         b"https://{host}/x",
         b"http://localhost:{port}/x",
+        b"/v2/caf\xe9",
+        b"http://[::1",
+        b"http://{host}:x/",
     ],
     b"WWW-Authenticate": [
         b'Basic realm="r"',
@@ -659,6 +668,8 @@ HEADER_VALUES: dict[bytes, list[bytes]] = {
         b'Bearer realm="https://{host}/t"',
         b'Bearer realm="' + b"r" * 20000 + b'"',
         b"Basic",
+        b'Bearer realm="http://[::1"',
+        b'Bearer realm="/t\xe9ken"',
     ],
     b"Connection": [b"close", b"keep-alive"],
     b"Content-Type": [b"application/vnd.oci.image.manifest.v1+json", b";;;", b""],
@@ -678,6 +689,7 @@ BODIES = [
     TOKEN_BODY,
     b'{"access_token": 5}',
     b'{"token": "' + b"t" * 70000 + b'"}',
+    '{"token": "t\u20ac"}'.encode(),
     b"x" * 200000,
 ]
 
@@ -761,5 +773,34 @@ def test_any_hostile_answer_ends_in_a_registry_error_or_a_verified_result(
                 assert result.digest.startswith("sha256:")  # type: ignore[attr-defined]
         no_secret(who.stats.paths)  # type: ignore[attr-defined]
         who.close()  # type: ignore[attr-defined]
+    finally:
+        raw.close()
+
+
+@sweep(60)
+@given(answers=st.lists(answer, min_size=1, max_size=4))
+def test_pull_job_run_never_raises_whatever_the_registry_answers(
+    tmp_path_factory: pytest.TempPathFactory, answers: list[Any]
+) -> None:
+    """Whatever the registry answers to the check and the download, PullJob.run returns
+    a result (counted, never raised) and stages nothing it did not verify."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "staging").mkdir()
+    (root / "versions").mkdir()
+    raw = Raw(scripted([]))
+    try:
+        raw.script = scripted([build(raw, a) for a in answers])
+        job = PullJob(
+            Layout(root, root / "staging", root / "current"),
+            parse_reference(f"oci://{raw.host}/{REPO}:t"),
+            check(raw),
+            lambda: client(raw),
+            PullMetrics(CollectorRegistry()),
+        )
+        result = job.run()
+        assert result.outcome in ("failed", "up_to_date", "known", "waiting", "staged")
+        if result.outcome == "failed":
+            assert result.reason in PULL_FAILURE_REASONS
+        assert result.outcome == "staged" or os.listdir(root / "staging") == []
     finally:
         raw.close()
