@@ -15,13 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.oci.protocol import (
-    OCI_MANIFEST,
     TIMEOUT,
     Descriptor,
-    RegistryError,
     Stats,
-    descriptor_from_head,
-    status_reason,
 )
 from service.oci.transport import Transport
 
@@ -56,18 +52,7 @@ class SourceCheck:
 
     def head_manifest(self, target: str) -> Descriptor:
         """The digest and size the tag (or digest) names now."""
-        what = f"{self.registry}/{self.repository}:{target}"
-        url = f"{self.base}/v2/{self.repository}/manifests/{target}"
-        status, headers, _ = self._transport.exchange("HEAD", url, {"Accept": OCI_MANIFEST})
-        if status != 200:
-            raise RegistryError(status_reason(status), f"HEAD {what}: HTTP {status}")
-        return descriptor_from_head(
-            what,
-            target,
-            headers.get("Docker-Content-Digest"),
-            headers.get("Content-Length"),
-            headers.get("Content-Type"),
-        )
+        return self._transport.head_manifest(target)
 
     def close(self) -> None:
         self._transport.close()

@@ -28,7 +28,6 @@ from service.oci.protocol import (
     Descriptor,
     RegistryError,
     Stats,
-    descriptor_from_head,
     next_url,
     sha256_digest,
     status_reason,
@@ -156,18 +155,7 @@ class RegistryClient:
 
     def head_manifest(self, target: str) -> Descriptor:
         """The digest and size the tag (or digest) names now: one HEAD request."""
-        what = f"{self.registry}/{self.repository}:{target}"
-        reply = self._exchange("HEAD", self._url(f"manifests/{target}"), {"Accept": OCI_MANIFEST})
-        if reply.status != 200:
-            raise self._fail(reply, f"HEAD {what}")
-        headers = reply.headers
-        return descriptor_from_head(
-            what,
-            target,
-            headers.get("Docker-Content-Digest"),
-            headers.get("Content-Length"),
-            headers.get("Content-Type"),
-        )
+        return self.transport.head_manifest(target)
 
     def get_manifest(self, digest: str) -> bytes:
         """The manifest bytes, checked against digest (a registry may serve tampered bytes

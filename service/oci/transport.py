@@ -30,16 +30,20 @@ from service.oci.auth import credentials_for
 from service.oci.protocol import (
     MAX_REDIRECTS,
     MAX_TOKEN_BYTES,
+    OCI_MANIFEST,
     REDIRECTS,
     TIMEOUT,
     TLS_FAILED,
+    Descriptor,
     RegistryError,
     Stats,
     basic_authorization,
+    descriptor_from_head,
     next_url,
     parse_challenge,
     required_credentials,
     same_origin,
+    status_reason,
     tls_context,
     token_from_answer,
     token_url,
@@ -222,6 +226,21 @@ class Transport:
             except Errors as exc:
                 raise self._failed(method, exc) from None
         return reply.status, reply.headers, data
+
+    def head_manifest(self, target: str) -> Descriptor:
+        """The digest and size the tag (or digest) names now: one HEAD request."""
+        what = f"{self.registry}/{self.repository}:{target}"
+        url = f"{self.base}/v2/{self.repository}/manifests/{target}"
+        status, headers, _ = self.exchange("HEAD", url, {"Accept": OCI_MANIFEST})
+        if status != 200:
+            raise RegistryError(status_reason(status), f"HEAD {what}: HTTP {status}")
+        return descriptor_from_head(
+            what,
+            target,
+            headers.get("Docker-Content-Digest"),
+            headers.get("Content-Length"),
+            headers.get("Content-Type"),
+        )
 
     def _refuse_elsewhere(self, method: str, url: str) -> None:
         if not same_origin(self.base, url):
