@@ -200,3 +200,12 @@ def test_any_damaged_ca_file_is_a_config_error(tmp_path: Path, data: bytes) -> N
     ca.write_bytes(data)
     with pytest.raises(ConfigError, match="REGISTRY_CA_FILE"):
         load_ca_file(ca)
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "directory", "missing"])
+def test_ca_file_that_is_no_file_is_a_config_error(tmp_path: Path, name: str) -> None:
+    """REGISTRY_CA_FILE naming a file without end, a directory or nothing: a ConfigError
+    naming it, at once (the start never hangs reading it)."""
+    path = {"directory": tmp_path, "missing": tmp_path / "none.pem"}.get(name, Path(name))
+    with pytest.raises(ConfigError, match=f"REGISTRY_CA_FILE {path}"):
+        load_ca_file(path)

@@ -22,6 +22,7 @@ from service.oci.reference import DIGEST_RE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MAX_TOKEN_BYTES = 64 * 1024
+MAX_CA_FILE_BYTES = 4 * 1024 * 1024  # certifi's whole bundle is about 0.3 MiB
 TIMEOUT = (5.0, 30.0)  # connect, and between two reads of a body
 MAX_REDIRECTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -189,12 +190,22 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def load_ca_file(path: Path) -> ssl.SSLContext:
-    """REGISTRY_CA_FILE as a TLS context; a ConfigError naming it when it is unusable."""
+    """REGISTRY_CA_FILE as a TLS context; a ConfigError naming it when it is unusable.
+
+    Read with a cap, so that a file that never ends (``/dev/zero``) cannot hang the start.
+    """
     try:
-        return ssl.create_default_context(cafile=str(path))
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CA_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"REGISTRY_CA_FILE {path}: no such file") from None
-    except ssl.SSLError:
-        raise ConfigError(f"REGISTRY_CA_FILE {path}: no PEM CA certificate in it") from None
     except OSError as exc:
         raise ConfigError(f"REGISTRY_CA_FILE {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CA_FILE_BYTES:
+        raise ConfigError(f"REGISTRY_CA_FILE {path}: larger than {MAX_CA_FILE_BYTES} B")
+    if not data.strip():  # an empty cadata would make ssl load the system's CAs instead
+        raise ConfigError(f"REGISTRY_CA_FILE {path}: empty")
+    try:
+        return ssl.create_default_context(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        raise ConfigError(f"REGISTRY_CA_FILE {path}: no PEM CA certificate in it") from None
