@@ -757,3 +757,19 @@ def test_a_whole_pull_imports_neither_requests_nor_urllib3(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["staged", "True", "False", "False"], out.stderr
+
+
+def test_token_realm_named_insecure_in_any_case_may_be_plain_http() -> None:
+    """SOURCE_INSECURE names hosts case-insensitively for the realm as for the registry;
+    a plain-HTTP realm it does not name is refused as auth."""
+    from service.oci.protocol import token_url
+
+    params = {"realm": "http://TOKENS.example:5000/t", "service": "s"}
+    url = token_url(
+        "https://r.example", "r.example", "m/f", "pull", params, frozenset({"Tokens.Example:5000"})
+    )
+    assert url.startswith("http://TOKENS.example:5000/t?")
+    assert "scope=repository%3Am%2Ff%3Apull" in url
+    with pytest.raises(RegistryError) as info:
+        token_url("https://r.example", "r.example", "m/f", "pull", params, frozenset())
+    assert info.value.reason == "auth"

@@ -150,7 +150,7 @@ def token_url(
     """
     realm = next_url(base + "/", params.get("realm", ""), "auth")
     parts = urlsplit(realm)
-    plain_ok = same_origin(base, realm) or parts.netloc.lower() in insecure
+    plain_ok = same_origin(base, realm) or parts.netloc.lower() in {h.lower() for h in insecure}
     if parts.scheme != "https" and not (parts.scheme == "http" and plain_ok):
         raise RegistryError(
             "auth",
