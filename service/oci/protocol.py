@@ -2,7 +2,8 @@
 
 Pure functions: what a HEAD answer means, how a challenge is answered, where a token may
 be asked for and what its answer holds. Nothing here does I/O except reading the auth
-file, and nothing imports requests, so the idle check costs no more than http.client.
+file and the CA file, and nothing imports requests, so the idle check costs no more than
+http.client.
 """
 
 from __future__ import annotations
