@@ -35,8 +35,6 @@ class SourceCheck:
         ca_file: Path | None = None,
         timeout: tuple[float, float] = TIMEOUT,
     ) -> None:
-        self.registry = registry
-        self.repository = repository
         # No connect retry: the next check, one interval later, is the retry.
         self._transport = Transport(
             registry,
@@ -47,7 +45,6 @@ class SourceCheck:
             timeout=timeout,
             connect_retries=0,
         )
-        self.base = self._transport.base
         self.stats: Stats = self._transport.stats
 
     def head_manifest(self, target: str) -> Descriptor:

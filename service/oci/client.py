@@ -97,11 +97,7 @@ class RegistryClient:
     ) -> None:
         self.registry = registry
         self.repository = repository
-        self.insecure = insecure
-        self.auth_file = auth_file
-        self.timeout = timeout
         self.clock = clock
-        self.actions = actions
         self.stats = Stats()
         self.transport = Transport(
             registry,
