@@ -67,6 +67,23 @@ def push(tmp_path: Path, reg: Registry, version: str, **env: str) -> str:
     return match.group(0)
 
 
+def follow(
+    start_daemon: Callable[..., SidecarProcess], models: Path, reg: Registry, **extra: str
+) -> SidecarProcess:
+    """The real sidecar following the tag as the node user ``fleet``, ready."""
+    auth = reg.auth_file(models.parent / "fleet.json", "fleet", USERS["fleet"])
+    daemon = start_daemon(
+        models,
+        "--no-reload",
+        SOURCE=f"oci://{reg.host}/{REPO}:stable",
+        SOURCE_POLL_SECONDS="5",
+        REGISTRY_AUTH_FILE=str(auth),
+        **extra,
+    )
+    daemon.wait_ready()
+    return daemon
+
+
 def current(models: Path) -> str | None:
     link = models / "current"
     return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
@@ -81,16 +98,7 @@ def test_sidecar_pulls_over_https_with_a_token_from_another_server(
     """push and the sidecar trust the private CA of REGISTRY_CA_FILE and get their tokens
     from the realm (pull,push for the publisher, pull for the node); v1 is promoted."""
     digest = push(tmp_path, secure, "v1", **push_env(tmp_path, secure))
-    auth = secure.auth_file(tmp_path / "fleet.json", "fleet", USERS["fleet"])
-    daemon = start_daemon(
-        models,
-        "--no-reload",
-        SOURCE=f"oci://{secure.host}/{REPO}:stable",
-        SOURCE_POLL_SECONDS="5",
-        REGISTRY_AUTH_FILE=str(auth),
-        REGISTRY_CA_FILE=str(secure.ca_file),
-    )
-    daemon.wait_ready()
+    daemon = follow(start_daemon, models, secure, REGISTRY_CA_FILE=str(secure.ca_file))
     wait_for(lambda: current(models) == "v1", DEADLINE, "v1 promoted")
     daemon.wait_metric("model_sidecar_source_up_to_date", lambda v: v == 1, DEADLINE)
     assert daemon.metric("model_sidecar_source_digest_info", digest=digest) == 1
@@ -110,15 +118,7 @@ def test_sidecar_without_the_ca_counts_connection_failures(
     """Without REGISTRY_CA_FILE the private CA is not trusted: every check fails with
     reason connection, the log says why and names the setting, nothing is staged."""
     push(tmp_path, secure, "v1", **push_env(tmp_path, secure))
-    auth = secure.auth_file(tmp_path / "fleet.json", "fleet", USERS["fleet"])
-    daemon = start_daemon(
-        models,
-        "--no-reload",
-        SOURCE=f"oci://{secure.host}/{REPO}:stable",
-        SOURCE_POLL_SECONDS="5",
-        REGISTRY_AUTH_FILE=str(auth),
-    )
-    daemon.wait_ready()
+    daemon = follow(start_daemon, models, secure)
     daemon.wait_metric(
         "model_sidecar_pull_failures_total", lambda v: (v or 0) >= 2, DEADLINE, reason="connection"
     )

@@ -472,20 +472,25 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials(
         server.close()
 
 
+def realm_elsewhere(tmp_path: Path) -> tuple[Scripted, Scripted, Path]:
+    """A token realm and a registry that names it, on two ports; the auth file for it."""
+    realm: dict[str, str] = {}
+    answer = token_realm("Basic " + b64("fleet:pw"), realm)
+    tokens, server = Scripted(answer), Scripted(answer)
+    realm["url"] = f"http://{tokens.host}/token"
+    auth = tmp_path / "config.json"
+    auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
+    return tokens, server, auth
+
+
 @HEADS
 def test_token_realm_on_another_host_named_insecure_is_used(
     tmp_path: Path, kind: type[Any]
 ) -> None:
     """A realm on another host (as auth.docker.io is Docker Hub's) gets the registry's
     credentials, over plain HTTP only because SOURCE_INSECURE names it."""
-    realm: dict[str, str] = {}
-    answer = token_realm("Basic " + b64("fleet:pw"), realm)
-    tokens = Scripted(answer)
-    server = Scripted(answer)
-    realm["url"] = f"http://{tokens.host}/token"
+    tokens, server, auth = realm_elsewhere(tmp_path)
     try:
-        auth = tmp_path / "config.json"
-        auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
         insecure = frozenset({server.host, tokens.host})
         client = kind(server.host, "m/f", insecure=insecure, auth_file=auth)
         assert client.head_manifest("t").digest == DIGEST
@@ -499,14 +504,8 @@ def test_token_realm_on_another_host_named_insecure_is_used(
 def test_plain_http_token_realm_elsewhere_is_refused(tmp_path: Path, kind: type[Any]) -> None:
     """A realm on another host over plain HTTP that SOURCE_INSECURE does not name: auth
     failure, and the credentials go nowhere."""
-    realm: dict[str, str] = {}
-    answer = token_realm("Basic " + b64("fleet:pw"), realm)
-    tokens = Scripted(answer)
-    server = Scripted(answer)
-    realm["url"] = f"http://{tokens.host}/token"
+    tokens, server, auth = realm_elsewhere(tmp_path)
     try:
-        auth = tmp_path / "config.json"
-        auth.write_bytes(auth_json({server.host: {"auth": b64("fleet:pw")}}))
         client = kind(server.host, "m/f", insecure=frozenset({server.host}), auth_file=auth)
         with pytest.raises(RegistryError, match="SOURCE_INSECURE") as info:
             client.head_manifest("t")

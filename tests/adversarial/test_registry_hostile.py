@@ -190,6 +190,19 @@ def client(raw: Raw, **kw: Any) -> RegistryClient:
     return RegistryClient(raw.host, REPO, timeout=FAST, actions="pull,push", **kw)
 
 
+def pull_job(raw: Raw, root: Path) -> PullJob:
+    """A PullJob following ``t`` on the raw registry, on a new volume at root."""
+    (root / "staging").mkdir(parents=True)
+    (root / "versions").mkdir()
+    return PullJob(
+        Layout(root, root / "staging", root / "current"),
+        parse_reference(f"oci://{raw.host}/{REPO}:t"),
+        check(raw),
+        lambda: client(raw),
+        PullMetrics(CollectorRegistry()),
+    )
+
+
 def failure(call: Callable[[], object]) -> RegistryError:
     """The RegistryError ``call`` must raise; any other exception fails the test."""
     with pytest.raises(RegistryError) as info:
@@ -229,17 +242,7 @@ def test_pull_job_run_never_raises_on_a_hostile_head(
     raw = server(
         [(http("200 OK", {"Docker-Content-Digest": MDIGEST, "Content-Length": "\xb2"}), "close")]
     )
-    root = tmp_path / "models"
-    (root / "staging").mkdir(parents=True)
-    (root / "versions").mkdir()
-    job = PullJob(
-        Layout(root, root / "staging", root / "current"),
-        parse_reference(f"oci://{raw.host}/{REPO}:t"),
-        check(raw),
-        lambda: client(raw),
-        PullMetrics(CollectorRegistry()),
-    )
-    result = job.run()
+    result = pull_job(raw, tmp_path / "models").run()
     assert (result.outcome, result.reason) == ("failed", "connection")
 
 
@@ -784,20 +787,11 @@ def test_pull_job_run_never_raises_whatever_the_registry_answers(
 ) -> None:
     """Whatever the registry answers to the check and the download, PullJob.run returns
     a result (counted, never raised) and stages nothing it did not verify."""
-    root = tmp_path_factory.mktemp("models")
-    (root / "staging").mkdir()
-    (root / "versions").mkdir()
+    root = tmp_path_factory.mktemp("volume") / "models"
     raw = Raw(scripted([]))
     try:
         raw.script = scripted([build(raw, a) for a in answers])
-        job = PullJob(
-            Layout(root, root / "staging", root / "current"),
-            parse_reference(f"oci://{raw.host}/{REPO}:t"),
-            check(raw),
-            lambda: client(raw),
-            PullMetrics(CollectorRegistry()),
-        )
-        result = job.run()
+        result = pull_job(raw, root).run()
         assert result.outcome in ("failed", "up_to_date", "known", "waiting", "staged")
         if result.outcome == "failed":
             assert result.reason in PULL_FAILURE_REASONS
